@@ -1,0 +1,377 @@
+/*
+ * adapterctl.h: the public contract of libadapterctl.
+ *
+ * adapterctl keeps, validates, converts and applies adapters (LoRA/DoRA,
+ * RoAd, bottleneck, MoS) for one base language model. This header is the
+ * whole API: a function not declared here is not part of it.
+ *
+ * Conventions
+ *  - Every fallible call returns an int: ACTL_OK (0) or an ACTL_E* code.
+ *    Results come back through out-parameters, which are left untouched
+ *    (or set to NULL) on failure.
+ *  - actl_errmsg() gives the calling thread's last message, naming the file,
+ *    tensor or key and the problem. It is valid until the thread's next
+ *    failing call.
+ *  - What an _open/_new/_load function returns belongs to the caller and has
+ *    one matching _close/_free that accepts NULL. Getters lend: their result
+ *    stays valid until the object it came from is freed.
+ *  - Inputs are borrowed for the duration of the call; the library copies
+ *    what it keeps.
+ *  - The library never prints and never exits.
+ *  - Distinct objects may be used from different threads at once; one object
+ *    must not be used by two threads at once unless its functions say so.
+ */
+#ifndef ADAPTERCTL_H
+#define ADAPTERCTL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Version                                                             */
+/* ------------------------------------------------------------------ */
+
+#define ACTL_VERSION_MAJOR 0
+#define ACTL_VERSION_MINOR 1
+#define ACTL_VERSION_PATCH 0
+#define ACTL_VERSION_STRING "0.1.0"
+
+/* The library's version, "MAJOR.MINOR.PATCH"; a static string. */
+const char *actl_version(void);
+
+/* ------------------------------------------------------------------ */
+/* Errors                                                              */
+/* ------------------------------------------------------------------ */
+
+/* Result codes. Their numbers are fixed once released; new codes are only
+ * appended. */
+enum {
+    ACTL_OK = 0,
+    ACTL_EINVAL = 1,       /* invalid argument (a caller's mistake) */
+    ACTL_ENOMEM = 2,       /* out of memory */
+    ACTL_EIO = 3,          /* a system call failed (open, read, write, mmap, rename, ...) */
+    ACTL_EFORMAT = 4,      /* malformed input file or JSON */
+    ACTL_EUNSUPPORTED = 5, /* well-formed, but a kind, dtype or option we do not handle */
+    ACTL_ESHAPE = 6,       /* tensor shapes do not fit each other or the base model */
+    ACTL_ENOTFOUND = 7,    /* a file, tensor, key or module that was asked for is absent */
+    ACTL_EEXIST = 8,       /* the destination already exists */
+    ACTL_ELIMIT = 9,       /* a size or count limit was exceeded */
+    ACTL_ECORRUPT = 10     /* stored bytes do not match their checksum */
+};
+
+/* Fixed text for a code ("invalid argument"); never NULL, "unknown error"
+ * for codes this version does not know. */
+const char *actl_strerror(int code);
+
+/* The calling thread's last error message, e.g.
+ *   "'x/adapter_model.safetensors': tensor 'a.lora_A.weight': data_offsets
+ *    [0, 12] give 12 bytes, but F32 [2, 4] needs 32"
+ * Never NULL ("" when nothing failed yet). Valid until the same thread's next
+ * library call that fails. */
+const char *actl_errmsg(void);
+
+/* ------------------------------------------------------------------ */
+/* Data types and conversions                                          */
+/* ------------------------------------------------------------------ */
+
+typedef enum actl_dtype {
+    ACTL_F32 = 0,
+    ACTL_F16 = 1,
+    ACTL_BF16 = 2,
+    ACTL_I32 = 3,
+    ACTL_I64 = 4,
+    ACTL_U8 = 5,
+    ACTL_BOOL = 6,
+    ACTL_F64 = 7
+} actl_dtype;
+
+#define ACTL_DTYPE_COUNT 8
+
+/* The safetensors name of a dtype ("F32", "BF16", ...); NULL if invalid. */
+const char *actl_dtype_name(actl_dtype dt);
+
+/* Size of one element in bytes; 0 if invalid. */
+size_t actl_dtype_size(actl_dtype dt);
+
+/* Parses a safetensors dtype name (case-sensitive, as the format spells
+ * it). ACTL_EUNSUPPORTED for a real dtype we do not handle ("F8_E4M3",
+ * "I16", ...), ACTL_EFORMAT for anything else. */
+int actl_dtype_parse(const char *name, actl_dtype *out);
+
+/* Conversions between 16-bit floats and float. Narrowing rounds to nearest,
+ * ties to even; Inf stays Inf, NaN stays NaN (sign kept, made quiet);
+ * values beyond the target's range become Inf. src and dst must not
+ * overlap. n may be 0. */
+void actl_f16_to_f32(const uint16_t *src, float *dst, size_t n);
+void actl_f32_to_f16(const float *src, uint16_t *dst, size_t n);
+void actl_bf16_to_f32(const uint16_t *src, float *dst, size_t n);
+void actl_f32_to_bf16(const float *src, uint16_t *dst, size_t n);
+
+/* ------------------------------------------------------------------ */
+/* Tensors                                                             */
+/* ------------------------------------------------------------------ */
+
+#define ACTL_MAX_DIMS 8
+
+/* A named, typed, dense, row-major array. Little-endian bytes, as in
+ * safetensors. A tensor either owns its data or views memory owned by the
+ * object it was lent from (a mapped file, an adapter). */
+typedef struct actl_tensor actl_tensor;
+
+/* Creates a tensor that owns a copy of `data` (nbytes = numel * dtype
+ * size), or zeroed memory when data is NULL. name is copied. ndim may be 0
+ * (a scalar: numel 1). ACTL_EINVAL for ndim out of [0, ACTL_MAX_DIMS], a
+ * negative dim or an invalid dtype; ACTL_ELIMIT when the byte size
+ * overflows. */
+int actl_tensor_new(const char *name, actl_dtype dt, int ndim, const int64_t *shape,
+                    const void *data, actl_tensor **out);
+
+/* A deep copy under a new name (or the same name when name is NULL). */
+int actl_tensor_copy(const actl_tensor *t, const char *name, actl_tensor **out);
+
+void actl_tensor_free(actl_tensor *t);
+
+const char *actl_tensor_name(const actl_tensor *t);
+actl_dtype actl_tensor_dtype(const actl_tensor *t);
+int actl_tensor_ndim(const actl_tensor *t);
+/* Lends the ndim-long shape array. */
+const int64_t *actl_tensor_shape(const actl_tensor *t);
+int64_t actl_tensor_numel(const actl_tensor *t);
+size_t actl_tensor_nbytes(const actl_tensor *t);
+/* Lends the raw little-endian bytes (may be unaligned for views into a
+ * file: copy before casting to a wider type). */
+const void *actl_tensor_data(const actl_tensor *t);
+
+/* Widens (or narrows) a floating-point tensor into n = numel floats at dst.
+ * ACTL_EUNSUPPORTED for integer and bool dtypes. */
+int actl_tensor_to_f32(const actl_tensor *t, float *dst);
+
+/* ------------------------------------------------------------------ */
+/* safetensors                                                         */
+/* ------------------------------------------------------------------ */
+
+/* Largest header a reader accepts (DESIGN.md 4.2). */
+#define ACTL_ST_MAX_HEADER (100u * 1000u * 1000u)
+
+/* A safetensors file opened read-only over mmap and validated strictly:
+ * header length within the file and <= ACTL_ST_MAX_HEADER, UTF-8 JSON object,
+ * known dtypes, non-negative shapes without overflow, byte lengths equal to
+ * numel * size, ranges sorted, contiguous, without holes, overlap or
+ * trailing bytes, and __metadata__ mapping strings to strings. */
+typedef struct actl_st actl_st;
+
+int actl_st_open(const char *path, actl_st **out);
+void actl_st_close(actl_st *st);
+
+/* Tensors in the order of their data offsets. The tensors view the mapping
+ * and are valid until the file is closed. */
+size_t actl_st_count(const actl_st *st);
+const actl_tensor *actl_st_tensor(const actl_st *st, size_t i);
+/* NULL when absent (no error message set). */
+const actl_tensor *actl_st_find(const actl_st *st, const char *name);
+
+/* __metadata__: value for a key, or NULL. And the i-th key/value pair
+ * (both lent), i < actl_st_metadata_count(). */
+const char *actl_st_metadata(const actl_st *st, const char *key);
+size_t actl_st_metadata_count(const actl_st *st);
+void actl_st_metadata_at(const actl_st *st, size_t i, const char **key, const char **value);
+
+/* Writes n tensors to path: header padded with spaces to a multiple of 8,
+ * tensors in the given order and 8-byte aligned as a consequence of
+ * their sizes being laid out contiguously after the aligned header.
+ * metadata is NULL or a NULL-terminated array of key, value, key, value...
+ * The file is written to a temporary file beside path, fsynced and renamed
+ * over path, so readers see the old file or the new one. Tensor names must
+ * be unique and not "__metadata__" (ACTL_EINVAL). */
+int actl_st_write(const char *path, const actl_tensor *const *tensors, size_t n,
+                  const char *const *metadata);
+
+/* ------------------------------------------------------------------ */
+/* Checkpoints (one safetensors file, or shards with an index)         */
+/* ------------------------------------------------------------------ */
+
+/* A Hugging Face checkpoint: a directory holding model.safetensors or
+ * model.safetensors.index.json (with a weight_map naming shards in the same
+ * directory), or a path to a single .safetensors file. Every shard is
+ * opened strictly; every tensor the index names must be in the shard it
+ * names, and no shard may hold a tensor the index does not name. */
+typedef struct actl_ckpt actl_ckpt;
+
+int actl_ckpt_open(const char *path, actl_ckpt **out);
+void actl_ckpt_close(actl_ckpt *ck);
+
+/* Tensors sorted by name; views valid until the checkpoint is closed. */
+size_t actl_ckpt_count(const actl_ckpt *ck);
+const actl_tensor *actl_ckpt_tensor(const actl_ckpt *ck, size_t i);
+const actl_tensor *actl_ckpt_find(const actl_ckpt *ck, const char *name);
+/* Number of shard files (1 for a single file) and the file name of the
+ * shard holding tensor i (lent). */
+size_t actl_ckpt_shard_count(const actl_ckpt *ck);
+const char *actl_ckpt_shard_of(const actl_ckpt *ck, size_t i);
+
+/* ------------------------------------------------------------------ */
+/* Base model shapes (for validating adapters)                         */
+/* ------------------------------------------------------------------ */
+
+/* The linear and embedding modules of a base model with their weight shapes,
+ * from a checkpoint's tensors (every 2-D "<module>.weight") or, when there
+ * are no weights, from a LLaMA-family config.json. */
+typedef struct actl_base actl_base;
+
+/* path: a checkpoint directory (config.json and/or weights), a config.json
+ * file, or a .safetensors file. Weights win over config.json when both are
+ * present. */
+int actl_base_load(const char *path, actl_base **out);
+void actl_base_free(actl_base *b);
+
+/* The base's model id: config.json's "_name_or_path" if present, else NULL. */
+const char *actl_base_model_id(const actl_base *b);
+size_t actl_base_module_count(const actl_base *b);
+/* Module i's name (e.g. "model.layers.0.self_attn.q_proj", lent) and its
+ * weight shape as stored, [rows, cols] (PyTorch: [out, in]). */
+const char *actl_base_module(const actl_base *b, size_t i, int64_t *rows, int64_t *cols);
+/* ACTL_ENOTFOUND when the base has no such module. */
+int actl_base_find(const actl_base *b, const char *module, int64_t *rows, int64_t *cols);
+
+/* ------------------------------------------------------------------ */
+/* Adapters                                                            */
+/* ------------------------------------------------------------------ */
+
+typedef enum actl_kind {
+    ACTL_KIND_LORA = 1,       /* PEFT "LORA", including DoRA */
+    ACTL_KIND_ROAD = 2,       /* PEFT "ROAD" */
+    ACTL_KIND_BOTTLENECK = 3, /* LLM-Adapters "BOTTLENECK" (Series / Parallel) */
+    ACTL_KIND_MOS = 4         /* Mixture of Shards, compact form (ours: "MOS") */
+} actl_kind;
+
+/* Lowercase name: "lora", "road", "bottleneck", "mos"; NULL if invalid. */
+const char *actl_kind_name(actl_kind k);
+
+typedef enum actl_road_variant {
+    ACTL_ROAD_1 = 1,
+    ACTL_ROAD_2 = 2,
+    ACTL_ROAD_4 = 4
+} actl_road_variant;
+
+/* Where a bottleneck adapter sits in its module (DESIGN.md 3.3). */
+typedef enum actl_placement {
+    ACTL_PLACE_NONE = 0,   /* not a bottleneck module */
+    ACTL_PLACE_INPUT = 1,  /* series on input, "mh_adapter": y = W(x + s U σ(D x)) + b */
+    ACTL_PLACE_OUTPUT = 2, /* series on output, "output_adapter": h + s U σ(D h) */
+    ACTL_PLACE_PARALLEL = 3 /* "parallel_adapter": W x + b + s U σ(D x) */
+} actl_placement;
+
+typedef enum actl_activation {
+    ACTL_ACT_IDENTITY = 0,
+    ACTL_ACT_TANH = 1,
+    ACTL_ACT_RELU = 2,
+    ACTL_ACT_GELU = 3,
+    ACTL_ACT_SILU = 4
+} actl_activation;
+
+/* An adapter in memory: its kind, its PEFT config, and its modules with
+ * their tensors. Immutable once made. */
+typedef struct actl_adapter actl_adapter;
+
+/* Whole-adapter facts. Strings are lent by the adapter. */
+typedef struct actl_adapter_info {
+    actl_kind kind;
+    const char *base_model;       /* "base_model_name_or_path", or NULL */
+    int rank;                     /* LoRA/MoS: config "r"; bottleneck: bottleneck_size; RoAd: 0 */
+    double alpha;                 /* LoRA/MoS: config "lora_alpha"; else 0 */
+    int use_rslora;               /* LoRA */
+    int fan_in_fan_out;           /* LoRA */
+    int use_dora;                 /* LoRA */
+    actl_road_variant variant;    /* RoAd; else 0 */
+    int group_size;               /* RoAd; else 0 */
+    actl_activation activation;   /* bottleneck */
+    int use_parallel_adapter;     /* bottleneck */
+    int shards;                   /* MoS: shards per rank l; else 0 */
+    size_t module_count;
+    size_t tensor_count;          /* every tensor, modules_to_save included */
+    int64_t params;               /* elements over all tensors */
+    uint64_t bytes;               /* raw bytes over all tensors */
+} actl_adapter_info;
+
+/* Per-module flags. */
+#define ACTL_MOD_DORA 0x1         /* has lora_magnitude_vector */
+#define ACTL_MOD_BIAS 0x2         /* has lora_B.bias */
+#define ACTL_MOD_EMBEDDING 0x4    /* embedding LoRA (lora_embedding_A/B) */
+#define ACTL_MOD_LEARNED_SCALE 0x8 /* bottleneck scale from adapter_scaling */
+
+/* One module's facts. */
+typedef struct actl_module_info {
+    const char *name;        /* base module name, "model.layers.0.self_attn.q_proj" (lent) */
+    int rank;                /* LoRA/MoS r_m (from the tensors); bottleneck size; RoAd 0 */
+    double alpha;            /* LoRA/MoS alpha_m (alpha_pattern, else lora_alpha); else 0 */
+    double scale;            /* LoRA/MoS: alpha_m/r_m, or alpha_m/sqrt(r_m) with rsLoRA;
+                                bottleneck: s (the learned value when learned); RoAd: 1 */
+    int64_t in_features;     /* the base module's input width implied by the tensors */
+    int64_t out_features;    /* its output width (for embeddings: vocab and dim) */
+    int flags;               /* ACTL_MOD_* */
+    actl_placement placement;/* bottleneck; else ACTL_PLACE_NONE */
+    actl_dtype dtype;        /* dtype of the module's main tensor (A, theta, down, index pools) */
+    int64_t params;          /* elements of this module's own tensors */
+    uint64_t bytes;          /* their raw bytes */
+} actl_module_info;
+
+/* Imports a PEFT directory: adapter_config.json + adapter_model.safetensors.
+ * Requires "peft_type" LORA, ROAD, BOTTLENECK or MOS; validates every tensor
+ * name, dtype and shape against the config and each other, and names the
+ * file, key or tensor at fault. A directory holding only adapter_model.bin
+ * is refused (ACTL_EUNSUPPORTED): pickles can run code. Unknown config keys
+ * are kept. */
+int actl_adapter_load(const char *dir, actl_adapter **out);
+
+/* Builds an adapter from a config (JSON text, as in adapter_config.json) and
+ * tensors named as in adapter_model.safetensors, with the same validation
+ * as actl_adapter_load. `origin` names the source in messages (may be NULL).
+ * Tensors are copied. */
+int actl_adapter_new(const char *config_json, const actl_tensor *const *tensors, size_t n,
+                     const char *origin, actl_adapter **out);
+
+/* Exports a PEFT directory that PEFT loads: adapter_config.json with sorted
+ * keys and 2-space indent, adapter_model.safetensors with metadata
+ * {"format":"pt"}. dir must not exist, or be an empty directory
+ * (ACTL_EEXIST otherwise). Written into a temporary directory beside dir and
+ * renamed, so dir appears whole or not at all. */
+int actl_adapter_save(const actl_adapter *a, const char *dir);
+
+void actl_adapter_free(actl_adapter *a);
+
+void actl_adapter_info_get(const actl_adapter *a, actl_adapter_info *out);
+
+/* The config as compact JSON text with sorted keys (lent). */
+const char *actl_adapter_config(const actl_adapter *a);
+
+/* Modules sorted by name. ACTL_EINVAL when i is out of range. */
+size_t actl_adapter_module_count(const actl_adapter *a);
+int actl_adapter_module(const actl_adapter *a, size_t i, actl_module_info *out);
+
+/* All tensors under their PEFT keys ("base_model.model....lora_A.weight"),
+ * sorted by key; lent. */
+size_t actl_adapter_tensor_count(const actl_adapter *a);
+const actl_tensor *actl_adapter_tensor(const actl_adapter *a, size_t i);
+const actl_tensor *actl_adapter_find(const actl_adapter *a, const char *key);
+
+/* Checks that every module exists in the base with a shape the adapter
+ * fits (LoRA A [r, in] and B [out, r] against the base's [out, in], or
+ * [in, out] with fan_in_fan_out; RoAd lengths and group divisibility against
+ * out; bottleneck widths per placement; embeddings against [vocab, dim]).
+ * ACTL_ENOTFOUND / ACTL_ESHAPE with a message naming the module. */
+int actl_adapter_validate(const actl_adapter *a, const actl_base *base);
+
+/* MoS materialization (DESIGN.md 3.4): a new plain LoRA adapter with the
+ * same modules, A [r, in] and B [out, r] gathered from the pools (exact:
+ * the pools' dtype is kept), the same lora_alpha and r. ACTL_EINVAL if a is not MoS. */
+int actl_adapter_materialize(const actl_adapter *a, actl_adapter **out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ADAPTERCTL_H */

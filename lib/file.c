@@ -1,0 +1,164 @@
+/* file.c: whole-file reads and atomic writes (temporary file, fsync, rename). */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+char *actl__strdup_printf(const char *fmt, ...)
+{
+    va_list ap, ap2;
+    va_start(ap, fmt);
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (s)
+        vsnprintf(s, (size_t)n + 1, fmt, ap2);
+    va_end(ap2);
+    return s;
+}
+
+char *actl__path_join(const char *dir, const char *name)
+{
+    size_t dl = strlen(dir);
+    bool slash = dl > 0 && dir[dl - 1] == '/';
+    return actl__strdup_printf("%s%s%s", dir, slash ? "" : "/", name);
+}
+
+bool actl__is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool actl__exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+int actl__read_file(const char *path, size_t limit, char **data, size_t *len)
+{
+    int rc = ACTL_OK;
+    char *buf = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return actl__err(errno == ENOENT ? ACTL_ENOTFOUND : ACTL_EIO, "cannot open '%s': %s",
+                         path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        rc = actl__err(ACTL_EIO, "cannot stat '%s': %s", path, strerror(errno));
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = actl__err(ACTL_EFORMAT, "'%s' is not a regular file", path);
+        goto out;
+    }
+    if ((uint64_t)st.st_size > limit) {
+        rc = actl__err(ACTL_ELIMIT, "'%s' is %lld bytes, over the limit of %zu", path,
+                       (long long)st.st_size, limit);
+        goto out;
+    }
+    size_t size = (size_t)st.st_size, got = 0;
+    if (!(buf = malloc(size + 1))) {
+        rc = actl__oom();
+        goto out;
+    }
+    while (got < size) {
+        ssize_t r = read(fd, buf + got, size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            rc = actl__err(ACTL_EIO, "cannot read '%s': %s", path,
+                           r < 0 ? strerror(errno) : "file shrank while reading");
+            goto out;
+        }
+        got += (size_t)r;
+    }
+    buf[size] = '\0';
+    *data = buf;
+    *len = size;
+    buf = NULL;
+out:
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+int actl__fwrite_all(FILE *f, const void *buf, size_t n, const char *path)
+{
+    if (n && fwrite(buf, 1, n, f) != n)
+        return actl__err(ACTL_EIO, "cannot write '%s': %s", path, strerror(errno));
+    return ACTL_OK;
+}
+
+int actl__fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return actl__err(ACTL_EIO, "cannot open directory '%s': %s", dir, strerror(errno));
+    int r = fsync(fd);
+    int e = errno;
+    close(fd);
+    if (r != 0 && e != EINVAL)
+        return actl__err(ACTL_EIO, "cannot sync directory '%s': %s", dir, strerror(e));
+    return ACTL_OK;
+}
+
+int actl__write_atomic(const char *path, actl__writer_fn fn, void *ctx)
+{
+    int rc = ACTL_OK;
+    FILE *f = NULL;
+    char *tmp = actl__strdup_printf("%s.tmp.XXXXXX", path);
+    char *dcopy = strdup(path);
+    if (!tmp || !dcopy) {
+        rc = actl__oom();
+        goto out;
+    }
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        rc = actl__err(ACTL_EIO, "cannot create a temporary file for '%s': %s", path,
+                       strerror(errno));
+        goto out_notmp;
+    }
+    /* mkstemp gives 0600; files we publish should be readable like any other. */
+    mode_t um = umask(0);
+    umask(um);
+    (void)fchmod(fd, 0666 & ~um);
+    if (!(f = fdopen(fd, "wb"))) {
+        rc = actl__err(ACTL_EIO, "cannot open '%s': %s", tmp, strerror(errno));
+        close(fd);
+        goto out;
+    }
+    if ((rc = fn(f, tmp, ctx)))
+        goto out;
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
+        rc = actl__err(ACTL_EIO, "cannot write '%s': %s", path, strerror(errno));
+        goto out;
+    }
+    int cr = fclose(f);
+    f = NULL;
+    if (cr != 0) {
+        rc = actl__err(ACTL_EIO, "cannot write '%s': %s", path, strerror(errno));
+        goto out;
+    }
+    if (rename(tmp, path) != 0) {
+        rc = actl__err(ACTL_EIO, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
+        goto out;
+    }
+    rc = actl__fsync_dir(dirname(dcopy));
+    goto out_notmp;
+out:
+    if (f)
+        fclose(f);
+    unlink(tmp);
+out_notmp:
+    free(tmp);
+    free(dcopy);
+    return rc;
+}
