@@ -43,16 +43,23 @@ int actl__err(int code, const char *fmt, ...)
 
 int actl__err_wrap(int code, const char *fmt, ...)
 {
-    char prefix[MSG_MAX / 2], old[MSG_MAX / 2];
+    char prefix[MSG_MAX / 2];
     va_list ap;
-    snprintf(old, sizeof old, "%s", last_msg);
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
-    if (old[0])
-        snprintf(last_msg, sizeof last_msg, "%s: %s", prefix, old);
-    else
-        snprintf(last_msg, sizeof last_msg, "%s", prefix);
+    size_t pl = strlen(prefix), ol = strlen(last_msg);
+    if (ol == 0) {
+        memcpy(last_msg, prefix, pl + 1);
+        return code;
+    }
+    /* "prefix: old", the old message cut to what fits. */
+    size_t keep = ol < MSG_MAX - 1 - (pl + 2) ? ol : MSG_MAX - 1 - (pl + 2);
+    memmove(last_msg + pl + 2, last_msg, keep);
+    last_msg[pl + 2 + keep] = '\0';
+    memcpy(last_msg, prefix, pl);
+    last_msg[pl] = ':';
+    last_msg[pl + 1] = ' ';
     return code;
 }
 
