@@ -11,7 +11,7 @@
 PREFIX ?= /usr/local
 SAN ?= 0
 CC ?= cc
-CFLAGS ?= -O2 -g
+CFLAGS ?= -O3 -g
 
 # Debian packages the build, the tests and the demo need.
 DEB_PKGS := pkg-config libsqlite3-dev libzstd-dev libcurl4-openssl-dev libopenblas-dev \

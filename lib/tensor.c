@@ -78,7 +78,8 @@ void actl_f16_to_f32(const uint16_t *src, float *dst, size_t n)
          * rebiases normals and turns subnormals (exponent 0) into the right
          * normal float in one multiply. Inf/NaN keep an all-ones exponent. */
         float scaled = u2f(em << 13) * 0x1p112f;
-        uint32_t bits = em >= 0x7c00u ? ((em << 13) | 0x7f800000u) : f2u(scaled);
+        uint32_t special = 0u - (uint32_t)(em >= 0x7c00u);
+        uint32_t bits = (((em << 13) | 0x7f800000u) & special) | (f2u(scaled) & ~special);
         dst[i] = u2f(bits | sign);
     }
 }
@@ -99,10 +100,13 @@ void actl_f32_to_f16(const float *src, uint16_t *dst, size_t n)
          * dropped bits to nearest even before shifting them out. */
         uint32_t odd = (ax >> 13) & 1u;
         uint32_t norm = (ax + 0xc8000fffu + odd) >> 13;
-        uint32_t h = ax > 0x7f800000u ? nan
-                   : ax >= 0x477ff000u ? 0x7c00u /* >= 65520 rounds to Inf */
-                   : ax < 0x38800000u ? sub
-                   : norm;
+        /* Select with masks, not branches, so the loop vectorizes. */
+        uint32_t is_nan = 0u - (uint32_t)(ax > 0x7f800000u);
+        uint32_t is_inf = 0u - (uint32_t)(ax >= 0x477ff000u); /* >= 65520 rounds to Inf */
+        uint32_t is_sub = 0u - (uint32_t)(ax < 0x38800000u);
+        uint32_t h = (sub & is_sub) | (norm & ~is_sub);
+        h = (0x7c00u & is_inf) | (h & ~is_inf);
+        h = (nan & is_nan) | (h & ~is_nan);
         dst[i] = (uint16_t)(h | sign);
     }
 }
@@ -119,7 +123,8 @@ void actl_f32_to_bf16(const float *src, uint16_t *dst, size_t n)
         uint32_t x = f2u(src[i]);
         uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
         uint32_t nan = (x >> 16) | 0x0040u;
-        dst[i] = (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+        uint32_t is_nan = 0u - (uint32_t)((x & 0x7fffffffu) > 0x7f800000u);
+        dst[i] = (uint16_t)((nan & is_nan) | (rounded & ~is_nan));
     }
 }
 

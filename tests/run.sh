@@ -17,11 +17,9 @@ for t in "$@"; do
   rc=$?
   cat "$log"
   p=$(grep -c '^\[       OK \]' "$log")
-  f=$(grep -c '^\[  FAILED  \]  *[^ ]' "$log" | head -1)
-  f=$(grep -E -c '^\[  (FAILED|ERROR)   \] [a-z_]' "$log")
-  s=$(grep -c '^\[  SKIPPED \]' "$log")
-  s=$(( s > 0 ? s : 0 ))
-  passed=$((passed + p - s)); skipped=$((skipped + s)); failed=$((failed + f))
+  f=$(grep -E '^\[  FAILED  \] [A-Za-z_]' "$log" | sort -u | wc -l)
+  s=$(grep -E '^\[  SKIPPED \] [A-Za-z_]' "$log" | sort -u | wc -l)
+  passed=$((passed + p)); skipped=$((skipped + s)); failed=$((failed + f))
   if [ $rc -ne 0 ] && [ $f -eq 0 ]; then failed=$((failed + 1)); failures+=("$t (exit $rc)"); fi
   [ $f -gt 0 ] && failures+=("$t")
 done
