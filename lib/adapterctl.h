@@ -175,14 +175,17 @@ const actl_tensor *actl_st_tensor(const actl_st *st, size_t i);
 const actl_tensor *actl_st_find(const actl_st *st, const char *name);
 
 /* __metadata__: value for a key, or NULL. And the i-th key/value pair
- * (both lent), i < actl_st_metadata_count(). */
+ * (both lent), i < actl_st_metadata_count(); both NULL when i is out of
+ * range. */
 const char *actl_st_metadata(const actl_st *st, const char *key);
 size_t actl_st_metadata_count(const actl_st *st);
 void actl_st_metadata_at(const actl_st *st, size_t i, const char **key, const char **value);
 
-/* Writes n tensors to path: header padded with spaces to a multiple of 8,
- * tensors in the given order and 8-byte aligned as a consequence of
- * their sizes being laid out contiguously after the aligned header.
+/* Writes n tensors to path: header padded with spaces to a multiple of 8, so
+ * the data section starts 8-byte aligned, then the tensors contiguously in the
+ * given order (the format allows no padding between them, so a tensor is
+ * aligned to its element size when the sizes before it are multiples of it;
+ * readers here never rely on alignment).
  * metadata is NULL or a NULL-terminated array of key, value, key, value...
  * The file is written to a temporary file beside path, fsynced and renamed
  * over path, so readers see the old file or the new one. Tensor names must
@@ -196,7 +199,9 @@ int actl_st_write(const char *path, const actl_tensor *const *tensors, size_t n,
 
 /* A Hugging Face checkpoint: a directory holding model.safetensors or
  * model.safetensors.index.json (with a weight_map naming shards in the same
- * directory), or a path to a single .safetensors file. Every shard is
+ * directory; the single file wins when both are present, as in
+ * transformers), a path to such an index, or a path to a single
+ * .safetensors file. Every shard is
  * opened strictly; every tensor the index names must be in the shard it
  * names, and no shard may hold a tensor the index does not name. */
 typedef struct actl_ckpt actl_ckpt;
@@ -207,6 +212,7 @@ void actl_ckpt_close(actl_ckpt *ck);
 /* Tensors sorted by name; views valid until the checkpoint is closed. */
 size_t actl_ckpt_count(const actl_ckpt *ck);
 const actl_tensor *actl_ckpt_tensor(const actl_ckpt *ck, size_t i);
+/* NULL when absent (no error message set). */
 const actl_tensor *actl_ckpt_find(const actl_ckpt *ck, const char *name);
 /* Number of shard files (1 for a single file) and the file name of the
  * shard holding tensor i (lent). */
