@@ -19,10 +19,10 @@ DEB_PKGS := pkg-config libsqlite3-dev libzstd-dev libcurl4-openssl-dev libopenbl
 PKGS := sqlite3 libzstd libcurl openblas lapacke jansson libcrypto libpcre2-8
 
 ifeq ($(SAN),1)
-BUILD ?= build-san
+BUILD := build-san
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 else
-BUILD ?= build
+BUILD := build
 SANFLAGS :=
 endif
 
@@ -106,7 +106,7 @@ test check: deps
 	@$(MAKE) --no-print-directory run-tests
 
 run-tests: build $(TEST_BIN) $(GEN)
-	@BUILD=$(BUILD) bash tests/run.sh $(TEST_BIN)
+	@ACTL_BUILD=$(BUILD) bash tests/run.sh $(TEST_BIN)
 
 demo: deps
 	@$(MAKE) --no-print-directory run-demo

@@ -2,9 +2,9 @@
 # Runs every cmocka binary given as arguments, then every tests/cli/*.sh with
 # ADAPTERCTL pointing at the built binary, and prints one closing line
 # "N passed, N failed, N skipped" counting test cases.
-# Run from the repository root. BUILD names the build directory.
+# Run from the repository root. ACTL_BUILD names the build directory.
 set -u
-BUILD=${BUILD:-build}
+BUILD=${ACTL_BUILD:-build}
 export ADAPTERCTL="$PWD/$BUILD/adapterctl" GEN_FIXTURES="$PWD/$BUILD/gen-fixtures"
 export CMOCKA_MESSAGE_OUTPUT=STDOUT
 passed=0 failed=0 skipped=0 failures=()

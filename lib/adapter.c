@@ -1,0 +1,368 @@
+/* adapter.c: the adapter object: getters, validation against a base model, and MoS
+ * materialization. Building and checking an adapter from a config and tensors lives in
+ * peft.c (actl__adapter_build); this file only reads what that established. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+const char *actl_kind_name(actl_kind k)
+{
+    switch (k) {
+    case ACTL_KIND_LORA: return "lora";
+    case ACTL_KIND_ROAD: return "road";
+    case ACTL_KIND_BOTTLENECK: return "bottleneck";
+    case ACTL_KIND_MOS: return "mos";
+    }
+    return NULL;
+}
+
+void actl_adapter_free(actl_adapter *a)
+{
+    if (!a)
+        return;
+    for (size_t i = 0; i < a->n_modules; i++)
+        free((char *)a->modules[i].info.name);
+    free(a->modules);
+    /* Modules point into the tensors, the tensors (views) into st: free in that order. */
+    if (a->owns_tensors)
+        for (size_t i = 0; i < a->n_tensors; i++)
+            actl_tensor_free((actl_tensor *)a->tensors[i]);
+    free(a->tensors);
+    actl_st_close(a->st);
+    json_decref(a->config);
+    free(a->config_compact);
+    free(a->origin);
+    free(a);
+}
+
+void actl_adapter_info_get(const actl_adapter *a, actl_adapter_info *out)
+{
+    if (!a || !out)
+        return;
+    *out = a->info;
+}
+
+const char *actl_adapter_config(const actl_adapter *a)
+{
+    return a ? a->config_compact : NULL;
+}
+
+size_t actl_adapter_module_count(const actl_adapter *a)
+{
+    return a ? a->n_modules : 0;
+}
+
+int actl_adapter_module(const actl_adapter *a, size_t i, actl_module_info *out)
+{
+    if (!a || !out)
+        return actl__err(ACTL_EINVAL, "adapter module: NULL argument");
+    if (i >= a->n_modules)
+        return actl__err(ACTL_EINVAL, "'%s': module %zu of %zu", a->origin, i, a->n_modules);
+    *out = a->modules[i].info;
+    return ACTL_OK;
+}
+
+size_t actl_adapter_tensor_count(const actl_adapter *a)
+{
+    return a ? a->n_tensors : 0;
+}
+
+const actl_tensor *actl_adapter_tensor(const actl_adapter *a, size_t i)
+{
+    return a && i < a->n_tensors ? a->tensors[i] : NULL;
+}
+
+static int cmp_key_tensor(const void *key, const void *elem)
+{
+    return strcmp(key, (*(const actl_tensor *const *)elem)->name);
+}
+
+const actl_tensor *actl_adapter_find(const actl_adapter *a, const char *key)
+{
+    if (!a || !key || !a->n_tensors)
+        return NULL;
+    const actl_tensor **hit = bsearch(key, a->tensors, a->n_tensors, sizeof *a->tensors,
+                                      cmp_key_tensor);
+    return hit ? *hit : NULL;
+}
+
+static int cmp_key_module(const void *key, const void *elem)
+{
+    return strcmp(key, ((const actl__module *)elem)->info.name);
+}
+
+const actl__module *actl__adapter_module_find(const actl_adapter *a, const char *name)
+{
+    if (!a || !name || !a->n_modules)
+        return NULL;
+    return bsearch(name, a->modules, a->n_modules, sizeof *a->modules, cmp_key_module);
+}
+
+double actl__tensor_get_f64(const actl_tensor *t, size_t i)
+{
+    const unsigned char *p = t->data;
+    switch (t->dtype) {
+    case ACTL_F32: {
+        float f;
+        memcpy(&f, p + 4 * i, 4);
+        return f;
+    }
+    case ACTL_F16:
+    case ACTL_BF16: {
+        uint16_t h;
+        float f;
+        memcpy(&h, p + 2 * i, 2);
+        if (t->dtype == ACTL_F16)
+            actl_f16_to_f32(&h, &f, 1);
+        else
+            actl_bf16_to_f32(&h, &f, 1);
+        return f;
+    }
+    case ACTL_F64: {
+        double d;
+        memcpy(&d, p + 8 * i, 8);
+        return d;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* ---- validation against a base ------------------------------------------ */
+
+/* "[16, 32]" or with unknown dims as "?". */
+static const char *dims(char *buf, size_t n, int64_t rows, int64_t cols)
+{
+    char r[24] = "?", c[24] = "?";
+    if (rows > 0)
+        snprintf(r, sizeof r, "%lld", (long long)rows);
+    if (cols > 0)
+        snprintf(c, sizeof c, "%lld", (long long)cols);
+    snprintf(buf, n, "[%s, %s]", r, c);
+    return buf;
+}
+
+/* The base weight [rows, cols] this module needs (0: any), then the check. */
+static int validate_module(const actl_adapter *a, const actl__module *m, int64_t rows,
+                           int64_t cols)
+{
+    const actl_module_info *mi = &m->info;
+    char want[64], have[64];
+    int64_t need_rows = 0, need_cols = 0;
+    switch (a->info.kind) {
+    case ACTL_KIND_LORA:
+        if (mi->flags & ACTL_MOD_EMBEDDING) {
+            /* embedding table [vocab, dim]: A [r, vocab], B [dim, r] */
+            need_rows = mi->in_features;
+            need_cols = mi->out_features;
+        } else if (a->info.fan_in_fan_out) {
+            /* the base stores [in, out] (GPT-2 Conv1D) */
+            need_rows = mi->in_features;
+            need_cols = mi->out_features;
+        } else {
+            need_rows = mi->out_features;
+            need_cols = mi->in_features;
+        }
+        break;
+    case ACTL_KIND_ROAD: {
+        /* theta/alpha [out/2] | [out] | [2 out] (DESIGN.md 3.2), out % group_size == 0 */
+        int64_t len = m->road_theta->shape[0];
+        int64_t want_len = a->info.variant == ACTL_ROAD_1   ? rows / 2
+                           : a->info.variant == ACTL_ROAD_2 ? rows
+                                                            : 2 * rows;
+        if (rows % a->info.group_size)
+            return actl__err(ACTL_ESHAPE,
+                             "'%s': module '%s': base weight %s has %lld outputs, not a multiple "
+                             "of group_size %d", a->origin, mi->name, dims(have, sizeof have, rows, cols),
+                             (long long)rows, a->info.group_size);
+        if (len != want_len)
+            return actl__err(ACTL_ESHAPE,
+                             "'%s': module '%s': road_theta has length %lld, but road_%d on a "
+                             "base weight %s needs %lld", a->origin, mi->name, (long long)len,
+                             (int)a->info.variant, dims(have, sizeof have, rows, cols),
+                             (long long)want_len);
+        return ACTL_OK;
+    }
+    case ACTL_KIND_BOTTLENECK:
+        /* D [b, n], U [m, b]: input n = m = in; output n = m = out; parallel n = in, m = out */
+        need_rows = mi->out_features;
+        need_cols = mi->in_features;
+        break;
+    case ACTL_KIND_MOS: {
+        /* P_A [N, in/l], P_B [N, out/l] (DESIGN.md 3.4) */
+        int64_t l = a->info.shards;
+        if (rows % l || cols % l)
+            return actl__err(ACTL_ESHAPE,
+                             "'%s': module '%s': base weight %s is not divisible into "
+                             "mos_shards %lld", a->origin, mi->name,
+                             dims(have, sizeof have, rows, cols), (long long)l);
+        if (m->pool_a->shape[1] != cols / l || m->pool_b->shape[1] != rows / l)
+            return actl__err(ACTL_ESHAPE,
+                             "'%s': module '%s': pools of widths %lld (pool_A) and %lld (pool_B) "
+                             "need in/l = %lld and out/l = %lld for a base weight %s",
+                             a->origin, mi->name, (long long)m->pool_a->shape[1],
+                             (long long)m->pool_b->shape[1], (long long)(cols / l),
+                             (long long)(rows / l), dims(have, sizeof have, rows, cols));
+        return ACTL_OK;
+    }
+    }
+    if ((need_rows && need_rows != rows) || (need_cols && need_cols != cols))
+        return actl__err(ACTL_ESHAPE, "'%s': module '%s': the adapter needs a base weight %s, "
+                         "the base has %s", a->origin, mi->name,
+                         dims(want, sizeof want, need_rows, need_cols),
+                         dims(have, sizeof have, rows, cols));
+    return ACTL_OK;
+}
+
+int actl_adapter_validate(const actl_adapter *a, const actl_base *base)
+{
+    int rc = ACTL_OK;
+    if (!a || !base)
+        return actl__err(ACTL_EINVAL, "adapter validate: NULL argument");
+    for (size_t i = 0; i < a->n_modules && !rc; i++) {
+        const actl__module *m = &a->modules[i];
+        int64_t rows, cols;
+        if (actl_base_find(base, m->info.name, &rows, &cols) != ACTL_OK) {
+            const char *id = actl_base_model_id(base);
+            rc = actl__err(ACTL_ENOTFOUND, "'%s': module '%s' is not in the base model%s%s%s",
+                           a->origin, m->info.name, id ? " '" : "", id ? id : "", id ? "'" : "");
+            break;
+        }
+        rc = validate_module(a, m, rows, cols);
+    }
+    return rc;
+}
+
+/* ---- MoS materialization (DESIGN.md 3.4) ---------------------------------- */
+
+int actl__mos_gather(const actl_adapter *a, const actl__module *m, const char *name_a,
+                     const char *name_b, actl_tensor **A, actl_tensor **B)
+{
+    int rc = ACTL_OK;
+    actl_tensor *ta = NULL, *tb = NULL;
+    if (!a || a->info.kind != ACTL_KIND_MOS || !m)
+        return actl__err(ACTL_EINVAL, "mos gather: not a MoS module");
+    int64_t r = m->info.rank, l = a->info.shards;
+    int64_t wa = m->pool_a->shape[1], wb = m->pool_b->shape[1]; /* in/l, out/l */
+    int64_t in = wa * l, outf = wb * l;
+    size_t es = actl_dtype_size(m->pool_a->dtype);
+    int64_t sa[2] = {r, in}, sb[2] = {outf, r};
+    if ((rc = actl_tensor_new(name_a, m->pool_a->dtype, 2, sa, NULL, &ta)) ||
+        (rc = actl_tensor_new(name_b, m->pool_b->dtype, 2, sb, NULL, &tb)))
+        goto out;
+    const unsigned char *pa = m->pool_a->data, *pb = m->pool_b->data;
+    const unsigned char *ia = m->index_a->data, *ib = m->index_b->data;
+    unsigned char *da = ta->data, *db = tb->data;
+    /* Indices were range-checked at import. Copying bytes keeps the pools' dtype exactly. */
+    for (int64_t j = 0; j < r; j++)
+        for (int64_t s = 0; s < l; s++) {
+            int32_t xa, xb;
+            memcpy(&xa, ia + 4 * (j * l + s), 4);
+            memcpy(&xb, ib + 4 * (j * l + s), 4);
+            /* A [r, in]: A[j, s*wa : (s+1)*wa] = P_A[a[j*l + s]] */
+            memcpy(da + ((size_t)(j * in + s * wa)) * es, pa + (size_t)xa * (size_t)wa * es,
+                   (size_t)wa * es);
+            /* B [out, r]: B[s*wb : (s+1)*wb, j] = P_B[b[j*l + s]], a column: strided */
+            for (int64_t k = 0; k < wb; k++)
+                memcpy(db + ((size_t)((s * wb + k) * r + j)) * es,
+                       pb + ((size_t)xb * (size_t)wb + (size_t)k) * es, es);
+        }
+    *A = ta;
+    *B = tb;
+    ta = tb = NULL;
+out:
+    actl_tensor_free(ta);
+    actl_tensor_free(tb);
+    return rc;
+}
+
+/* The LoRA config of a materialized MoS adapter: what PEFT needs to load it. */
+static json_t *lora_config_of(const actl_adapter *a)
+{
+    static const char *const copied[] = {"target_modules", "base_model_name_or_path",
+                                         "task_type", "modules_to_save", NULL};
+    json_t *c = json_object();
+    int bad = !c;
+    bad = bad || json_object_set_new(c, "peft_type", json_string("LORA"));
+    bad = bad || json_object_set_new(c, "r", json_integer(a->info.rank));
+    json_t *alpha = json_object_get(a->config, "lora_alpha");
+    bad = bad || json_object_set_new(c, "lora_alpha",
+                                     alpha ? json_deep_copy(alpha) : json_real(a->info.alpha));
+    bad = bad || json_object_set_new(c, "use_rslora", json_false());
+    for (int i = 0; !bad && copied[i]; i++) {
+        json_t *v = json_object_get(a->config, copied[i]);
+        if (v)
+            bad = json_object_set_new(c, copied[i], json_deep_copy(v)) != 0;
+    }
+    if (bad) {
+        json_decref(c);
+        return NULL;
+    }
+    return c;
+}
+
+int actl_adapter_materialize(const actl_adapter *a, actl_adapter **out)
+{
+    int rc = ACTL_OK;
+    const actl_tensor **ts = NULL;
+    size_t nt = 0;
+    json_t *cfg = NULL;
+    char *name_a = NULL, *name_b = NULL, *origin = NULL;
+    if (!a || !out)
+        return actl__err(ACTL_EINVAL, "materialize: NULL argument");
+    if (a->info.kind != ACTL_KIND_MOS)
+        return actl__err(ACTL_EINVAL, "'%s': materialize needs a MoS adapter, not %s", a->origin,
+                         actl_kind_name(a->info.kind));
+    *out = NULL;
+    /* Two tensors per module plus the modules_to_save tensors (pools and indices go). */
+    if (!(ts = calloc(2 * a->n_modules + a->n_tensors, sizeof *ts)) ||
+        !(cfg = lora_config_of(a)) ||
+        !(origin = actl__strdup_printf("%s (materialized)", a->origin))) {
+        rc = actl__oom();
+        goto out;
+    }
+    for (size_t i = 0; i < a->n_modules; i++) {
+        const actl__module *m = &a->modules[i];
+        actl_tensor *A, *B;
+        free(name_a);
+        free(name_b);
+        name_a = actl__strdup_printf(ACTL_PEFT_PREFIX "%s.lora_A.weight", m->info.name);
+        name_b = actl__strdup_printf(ACTL_PEFT_PREFIX "%s.lora_B.weight", m->info.name);
+        if (!name_a || !name_b) {
+            rc = actl__oom();
+            goto out;
+        }
+        if ((rc = actl__mos_gather(a, m, name_a, name_b, &A, &B)))
+            goto out;
+        ts[nt++] = A;
+        ts[nt++] = B;
+    }
+    for (size_t i = 0; i < a->n_tensors; i++) {
+        const actl_tensor *t = a->tensors[i];
+        size_t l = strlen(t->name);
+        bool mos = strstr(t->name, ".mos_index_") ||
+                   (l > 7 && (strcmp(t->name + l - 7, ".pool_A") == 0 ||
+                              strcmp(t->name + l - 7, ".pool_B") == 0) &&
+                    strncmp(t->name, ACTL_PEFT_PREFIX "mos.", strlen(ACTL_PEFT_PREFIX "mos.")) == 0);
+        if (mos)
+            continue;
+        actl_tensor *c;
+        if ((rc = actl_tensor_copy(t, NULL, &c)))
+            goto out;
+        ts[nt++] = c;
+    }
+    rc = actl__adapter_build(cfg, ts, nt, true, NULL, origin, origin, origin, out);
+    cfg = NULL;
+    ts = NULL;
+out:
+    if (ts)
+        for (size_t i = 0; i < nt; i++)
+            actl_tensor_free((actl_tensor *)ts[i]);
+    free(ts);
+    json_decref(cfg);
+    free(name_a);
+    free(name_b);
+    free(origin);
+    return rc;
+}
