@@ -1,0 +1,104 @@
+/*
+ * cmd.h: what the adapterctl commands share: the entry signature, the
+ * global options, exit codes, and a small option parser.
+ *
+ * Each command lives in cmd/<name>.c, defines
+ *     int cmd_<name>(int argc, char **argv, struct cmd_ctx *ctx)
+ * with argv[0] the command's name, and is listed once in the command table
+ * in cmd/main.c. Commands reach the library through adapterctl.h only.
+ */
+#ifndef ACTL_CMD_H
+#define ACTL_CMD_H
+
+#include <stdio.h>
+
+#include "adapterctl.h"
+
+/* Exit codes (DESIGN.md 12). */
+#define CMD_OK 0    /* success */
+#define CMD_FAIL 1  /* the work failed; a message is on stderr */
+#define CMD_USAGE 2 /* bad command line: unknown command or option, missing argument */
+
+/* Global options, given before the command (`adapterctl --json inspect x`);
+ * --json and -q are also accepted after it through CMD_OPT_GLOBALS. */
+struct cmd_ctx {
+    const char *store; /* --store DIR, or NULL for the default location */
+    int json;          /* --json: one JSON document on stdout */
+    int quiet;         /* -q: no notes or progress on stderr */
+};
+
+/* A command's entry point. Returns CMD_OK, CMD_FAIL or CMD_USAGE. */
+typedef int cmd_fn(int argc, char **argv, struct cmd_ctx *ctx);
+
+/* ---- options ---------------------------------------------------------- */
+
+enum cmd_opt_type {
+    CMD_OPT_END = 0, /* ends a table */
+    CMD_OPT_FLAG,    /* sets *(int *)value to 1 */
+    CMD_OPT_STRING   /* sets *(const char **)value to the next argument, or to
+                        what follows "=" in --name=value (lent from argv) */
+};
+
+struct cmd_option {
+    enum cmd_opt_type type;
+    char short_name;       /* 'q' for -q; 0 for none */
+    const char *long_name; /* "json" for --json; NULL for none */
+    void *value;           /* int * for flags, const char ** for strings */
+    const char *arg_name;  /* strings: shown in help ("DIR"); NULL for flags */
+    const char *help;      /* one line for the usage text */
+};
+
+#define CMD_OPT_FLAG(s, l, v, h) { CMD_OPT_FLAG, (s), (l), (v), NULL, (h) }
+#define CMD_OPT_STRING(s, l, v, a, h) { CMD_OPT_STRING, (s), (l), (v), (a), (h) }
+#define CMD_OPT_END() { CMD_OPT_END, 0, NULL, NULL, NULL, NULL }
+/* The global options a command accepts after its name as well. */
+#define CMD_OPT_GLOBALS(ctx)                                                     \
+    CMD_OPT_FLAG(0, "json", &(ctx)->json, "print one JSON document on stdout"), \
+    CMD_OPT_FLAG('q', "quiet", &(ctx)->quiet, "no notes or progress on stderr")
+
+/* cmd_parse's result when the command should go on. */
+#define CMD_PARSED (-1)
+
+/* Flags for cmd_parse. */
+#define CMD_PARSE_STOP_AT_NON_OPTION 0x1 /* options only before the first argument */
+
+/*
+ * Parses argv[1..argc-1] against opts. Options may come before, between and
+ * after the arguments (unless CMD_PARSE_STOP_AT_NON_OPTION); "--" ends them.
+ * Forms: --name, --name value, --name=value, -n, -n value. -h and --help
+ * print the usage on stdout, unless opts has its own "help" entry.
+ *
+ * The arguments that are not options are moved, in order, to
+ * argv[0..*nargs-1] (argv[0], the command's name, is overwritten).
+ *
+ * Returns CMD_PARSED to go on, CMD_OK after --help, or CMD_USAGE after
+ * printing "adapterctl: <problem>" and the usage on stderr.
+ *
+ * usage: NULL-terminated lines: the synopsis (one or more lines, e.g.
+ * "adapterctl inspect PATH [--json]"), an empty line, a short description.
+ */
+int cmd_parse(int argc, char **argv, const struct cmd_option *opts,
+              const char *const *usage, int flags, int *nargs);
+
+/* Prints the usage lines and the option table to f. */
+void cmd_usage(FILE *f, const char *const *usage, const struct cmd_option *opts);
+
+/* Prints "adapterctl: <message>" and the synopsis on stderr; returns CMD_USAGE. */
+int cmd_usage_error(const char *const *usage, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Prints "adapterctl: <message>" on stderr. */
+void cmd_error(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+
+/* Reports a failed library call: "adapterctl: <actl_errmsg()>", or the code's
+ * fixed text when the library left no message. Returns CMD_FAIL. */
+int cmd_lib_error(int code);
+
+#endif /* ACTL_CMD_H */
