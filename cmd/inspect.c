@@ -144,30 +144,6 @@ static void field_config(const json_t *config, const char *key)
     field_json(key, v);
 }
 
-static const char *activation_name(actl_activation a)
-{
-    switch (a) {
-    case ACTL_ACT_IDENTITY: return "identity";
-    case ACTL_ACT_TANH: return "tanh";
-    case ACTL_ACT_RELU: return "relu";
-    case ACTL_ACT_GELU: return "gelu";
-    case ACTL_ACT_SILU: return "silu";
-    }
-    return "?";
-}
-
-/* NULL for modules that are not bottleneck adapters. */
-static const char *placement_name(actl_placement p)
-{
-    switch (p) {
-    case ACTL_PLACE_INPUT: return "input";
-    case ACTL_PLACE_OUTPUT: return "output";
-    case ACTL_PLACE_PARALLEL: return "parallel";
-    case ACTL_PLACE_NONE: break;
-    }
-    return NULL;
-}
-
 /* "dora,bias", or "-" when no flag is set. */
 static const char *flags_str(int flags, char *buf, size_t len)
 {
@@ -250,9 +226,11 @@ static const char *cell(enum column c, const actl_module_info *m, char *buf, siz
     case COL_RANK: snprintf(buf, len, "%d", m->rank); break;
     case COL_ALPHA: snprintf(buf, len, "%g", m->alpha); break;
     case COL_SCALE: snprintf(buf, len, "%.6g", m->scale); break;
-    case COL_PLACEMENT:
-        snprintf(buf, len, "%s", placement_name(m->placement) ? placement_name(m->placement) : "-");
+    case COL_PLACEMENT: {
+        const char *place = actl_placement_name(m->placement);
+        snprintf(buf, len, "%s", place ? place : "-");
         break;
+    }
     case COL_IN: width_str(m->in_features, buf, len); break;
     case COL_OUT: width_str(m->out_features, buf, len); break;
     case COL_FLAGS: flags_str(m->flags, buf, len); break;
@@ -290,12 +268,12 @@ static void print_peft_text(const char *path, const actl_adapter *a, const json_
         field_config(config, "alpha_pattern");
         break;
     case ACTL_KIND_ROAD:
-        field("variant", "road_%d", (int)info.variant);
+        field("variant", "%s", actl_road_variant_name(info.variant));
         field("group_size", "%d", info.group_size);
         break;
     case ACTL_KIND_BOTTLENECK:
         field("bottleneck_size", "%d", info.rank);
-        field("non_linearity", "%s", activation_name(info.activation));
+        field("non_linearity", "%s", actl_activation_name(info.activation));
         field_config(config, "scaling");
         field("use_parallel_adapter", "%s", yes_no(info.use_parallel_adapter));
         break;
@@ -367,7 +345,7 @@ static json_t *peft_json(const char *path, const actl_adapter *a, json_t *config
             "dora", (m.flags & ACTL_MOD_DORA) != 0, "bias", (m.flags & ACTL_MOD_BIAS) != 0,
             "embedding", (m.flags & ACTL_MOD_EMBEDDING) != 0,
             "learned_scale", (m.flags & ACTL_MOD_LEARNED_SCALE) != 0,
-            "placement", placement_name(m.placement), "dtype", actl_dtype_name(m.dtype),
+            "placement", actl_placement_name(m.placement), "dtype", actl_dtype_name(m.dtype),
             "params", (json_int_t)m.params, "bytes", (json_int_t)m.bytes);
         if (json_array_append_new(modules, o) != 0) {
             json_decref(modules);

@@ -17,6 +17,39 @@ const char *actl_kind_name(actl_kind k)
     return NULL;
 }
 
+const char *actl_road_variant_name(actl_road_variant v)
+{
+    switch (v) {
+    case ACTL_ROAD_1: return "road_1";
+    case ACTL_ROAD_2: return "road_2";
+    case ACTL_ROAD_4: return "road_4";
+    }
+    return NULL;
+}
+
+const char *actl_placement_name(actl_placement p)
+{
+    switch (p) {
+    case ACTL_PLACE_INPUT: return "input";
+    case ACTL_PLACE_OUTPUT: return "output";
+    case ACTL_PLACE_PARALLEL: return "parallel";
+    case ACTL_PLACE_NONE: break;
+    }
+    return NULL;
+}
+
+const char *actl_activation_name(actl_activation a)
+{
+    switch (a) {
+    case ACTL_ACT_IDENTITY: return "identity";
+    case ACTL_ACT_TANH: return "tanh";
+    case ACTL_ACT_RELU: return "relu";
+    case ACTL_ACT_GELU: return "gelu";
+    case ACTL_ACT_SILU: return "silu";
+    }
+    return NULL;
+}
+
 void actl_adapter_free(actl_adapter *a)
 {
     if (!a)

@@ -279,6 +279,13 @@ typedef enum actl_activation {
     ACTL_ACT_SILU = 4
 } actl_activation;
 
+/* Names as configs spell them: "road_1", "road_2", "road_4"; "input",
+ * "output", "parallel" (NULL for ACTL_PLACE_NONE); "identity", "tanh",
+ * "relu", "gelu", "silu". NULL for invalid values. Static strings. */
+const char *actl_road_variant_name(actl_road_variant v);
+const char *actl_placement_name(actl_placement p);
+const char *actl_activation_name(actl_activation a);
+
 /* An adapter in memory: its kind, its PEFT config, and its modules with
  * their tensors. Immutable once made. */
 typedef struct actl_adapter actl_adapter;
@@ -316,8 +323,10 @@ typedef struct actl_module_info {
     double alpha;            /* LoRA/MoS alpha_m (alpha_pattern, else lora_alpha); else 0 */
     double scale;            /* LoRA/MoS: alpha_m/r_m, or alpha_m/sqrt(r_m) with rsLoRA;
                                 bottleneck: s (the learned value when learned); RoAd: 1 */
-    int64_t in_features;     /* the base module's input width implied by the tensors */
-    int64_t out_features;    /* its output width (for embeddings: vocab and dim) */
+    int64_t in_features;     /* the base module's input width implied by the tensors, or 0
+                                when they do not imply it (RoAd; series-on-output bottleneck) */
+    int64_t out_features;    /* its output width, or 0 when not implied (series-on-input
+                                bottleneck); for embeddings in is the vocab, out the dim */
     int flags;               /* ACTL_MOD_* */
     actl_placement placement;/* bottleneck; else ACTL_PLACE_NONE */
     actl_dtype dtype;        /* dtype of the module's main tensor (A, theta, down, index pools) */

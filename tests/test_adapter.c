@@ -946,9 +946,23 @@ static void test_validate__road_lengths_against_base(void **state)
     actl_base_free(b);
 }
 
+static void test_names__enums_spell_as_configs_do(void **state)
+{
+    (void)state;
+    assert_string_equal(actl_kind_name(ACTL_KIND_MOS), "mos");
+    assert_string_equal(actl_road_variant_name(ACTL_ROAD_4), "road_4");
+    assert_string_equal(actl_placement_name(ACTL_PLACE_OUTPUT), "output");
+    assert_null(actl_placement_name(ACTL_PLACE_NONE));
+    assert_string_equal(actl_activation_name(ACTL_ACT_SILU), "silu");
+    assert_null(actl_kind_name((actl_kind)0));
+    assert_null(actl_road_variant_name((actl_road_variant)3));
+    assert_null(actl_activation_name((actl_activation)9));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_names__enums_spell_as_configs_do),
         cmocka_unit_test(test_import__every_fixture_kind),
         cmocka_unit_test(test_import__lora_facts),
         cmocka_unit_test(test_import__pattern_scales_by_hand),
