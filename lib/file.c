@@ -6,7 +6,9 @@
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 char *actl__strdup_printf(const char *fmt, ...)
@@ -42,29 +44,43 @@ bool actl__exists(const char *path)
     return lstat(path, &st) == 0;
 }
 
-int actl__read_file(const char *path, size_t limit, char **data, size_t *len)
+int actl__open_regular(const char *path, int *fd_out, uint64_t *size)
 {
-    int rc = ACTL_OK;
-    char *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO planted where a file should be must not hang;
+     * it is refused below like any other non-regular file. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return actl__err(errno == ENOENT ? ACTL_ENOTFOUND : ACTL_EIO, "cannot open '%s': %s",
                          path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
-        rc = actl__err(ACTL_EIO, "cannot stat '%s': %s", path, strerror(errno));
-        goto out;
+        int e = errno;
+        close(fd);
+        return actl__err(ACTL_EIO, "cannot stat '%s': %s", path, strerror(e));
     }
     if (!S_ISREG(st.st_mode)) {
-        rc = actl__err(ACTL_EFORMAT, "'%s' is not a regular file", path);
+        close(fd);
+        return actl__err(ACTL_EFORMAT, "'%s' is not a regular file", path);
+    }
+    *fd_out = fd;
+    *size = (uint64_t)st.st_size;
+    return ACTL_OK;
+}
+
+int actl__read_file(const char *path, size_t limit, char **data, size_t *len)
+{
+    char *buf = NULL;
+    int fd;
+    uint64_t fsize;
+    int rc = actl__open_regular(path, &fd, &fsize);
+    if (rc)
+        return rc;
+    if (fsize > limit) {
+        rc = actl__err(ACTL_ELIMIT, "'%s' is %llu bytes, over the limit of %zu", path,
+                       (unsigned long long)fsize, limit);
         goto out;
     }
-    if ((uint64_t)st.st_size > limit) {
-        rc = actl__err(ACTL_ELIMIT, "'%s' is %lld bytes, over the limit of %zu", path,
-                       (long long)st.st_size, limit);
-        goto out;
-    }
-    size_t size = (size_t)st.st_size, got = 0;
+    size_t size = (size_t)fsize, got = 0;
     if (!(buf = malloc(size + 1))) {
         rc = actl__oom();
         goto out;
@@ -110,26 +126,43 @@ int actl__fsync_dir(const char *dir)
     return ACTL_OK;
 }
 
+char *actl__temp_name(const char *path)
+{
+    uint64_t r;
+    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r) {
+        /* No entropy source: fall back to what is unique enough per process. */
+        static _Atomic unsigned long counter;
+        r = (uint64_t)getpid() << 32 ^ (uint64_t)++counter ^ (uint64_t)time(NULL) << 16;
+    }
+    return actl__strdup_printf("%s.tmp.%016llx", path, (unsigned long long)r);
+}
+
 int actl__write_atomic(const char *path, actl__writer_fn fn, void *ctx)
 {
-    int rc = ACTL_OK;
+    int rc = ACTL_OK, fd = -1;
     FILE *f = NULL;
-    char *tmp = actl__strdup_printf("%s.tmp.XXXXXX", path);
+    char *tmp = NULL;
     char *dcopy = strdup(path);
-    if (!tmp || !dcopy) {
-        rc = actl__oom();
-        goto out;
+    if (!dcopy)
+        return actl__oom();
+    /* O_EXCL on a random name rather than mkstemp: mkstemp creates 0600 and
+     * widening that would need the umask, which only a racy umask() call
+     * can read. Here the kernel applies it. */
+    for (int tries = 0; fd < 0 && tries < 16; tries++) {
+        free(tmp);
+        if (!(tmp = actl__temp_name(path))) {
+            rc = actl__oom();
+            goto out_notmp;
+        }
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd < 0 && errno != EEXIST)
+            break;
     }
-    int fd = mkstemp(tmp);
     if (fd < 0) {
         rc = actl__err(ACTL_EIO, "cannot create a temporary file for '%s': %s", path,
                        strerror(errno));
         goto out_notmp;
     }
-    /* mkstemp gives 0600; files we publish should be readable like any other. */
-    mode_t um = umask(0);
-    umask(um);
-    (void)fchmod(fd, 0666 & ~um);
     if (!(f = fdopen(fd, "wb"))) {
         rc = actl__err(ACTL_EIO, "cannot open '%s': %s", tmp, strerror(errno));
         close(fd);

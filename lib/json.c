@@ -2,7 +2,6 @@
  * (Python's json.dumps with indent=2, sort_keys=True, ensure_ascii=True). */
 #include "internal.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -121,10 +120,7 @@ static void put_string(sbuf *b, const char *s, size_t n)
 static void put_real(sbuf *b, double v)
 {
     char tmp[40], digits[24];
-    if (isnan(v) || isinf(v)) { /* jansson cannot hold these; keep Python's words */
-        puts_(b, isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity");
-        return;
-    }
+    /* jansson holds no NaN or Inf (json_real refuses them), so v is finite. */
     int prec;
     for (prec = 1; prec <= 17; prec++) {
         snprintf(tmp, sizeof tmp, "%.*e", prec - 1, v);
@@ -188,7 +184,18 @@ static void newline(sbuf *b, int indent, int level)
         put(b, " ", 1);
 }
 
-static void dump(sbuf *b, const json_t *v, int indent, int level)
+static bool in_list(const char *key, const char *const *list)
+{
+    for (; key && list && *list; list++)
+        if (strcmp(key, *list) == 0)
+            return true;
+    return false;
+}
+
+/* keep_order: the objects found under these keys keep their insertion order
+ * (parent_key names the key v was found under, or NULL). */
+static void dump(sbuf *b, const json_t *v, int indent, int level, const char *parent_key,
+                 const char *const *keep_order)
 {
     char num[32];
     switch (json_typeof(v)) {
@@ -206,7 +213,8 @@ static void dump(sbuf *b, const json_t *v, int indent, int level)
         const char *k;
         json_t *x;
         json_object_foreach((json_t *)v, k, x) keys[i++] = k;
-        qsort(keys, n, sizeof *keys, cmp_keys);
+        if (!in_list(parent_key, keep_order))
+            qsort(keys, n, sizeof *keys, cmp_keys);
         put(b, "{", 1);
         for (i = 0; i < n; i++) {
             if (i)
@@ -214,7 +222,7 @@ static void dump(sbuf *b, const json_t *v, int indent, int level)
             newline(b, indent, level + 1);
             put_string(b, keys[i], strlen(keys[i]));
             puts_(b, indent < 0 ? ":" : ": ");
-            dump(b, json_object_get(v, keys[i]), indent, level + 1);
+            dump(b, json_object_get(v, keys[i]), indent, level + 1, keys[i], keep_order);
         }
         free(keys);
         newline(b, indent, level);
@@ -232,7 +240,7 @@ static void dump(sbuf *b, const json_t *v, int indent, int level)
             if (i)
                 put(b, ",", 1);
             newline(b, indent, level + 1);
-            dump(b, json_array_get(v, i), indent, level + 1);
+            dump(b, json_array_get(v, i), indent, level + 1, NULL, keep_order);
         }
         newline(b, indent, level);
         put(b, "]", 1);
@@ -262,8 +270,13 @@ static void dump(sbuf *b, const json_t *v, int indent, int level)
 
 char *actl__json_dump(const json_t *v, int indent)
 {
+    return actl__json_dump_keep(v, indent, NULL);
+}
+
+char *actl__json_dump_keep(const json_t *v, int indent, const char *const *keep_order)
+{
     sbuf b = {0};
-    dump(&b, v, indent, 0);
+    dump(&b, v, indent, 0, NULL, keep_order);
     if (b.fail) {
         free(b.s);
         return NULL;

@@ -299,37 +299,26 @@ int actl_st_open(const char *path, actl_st **out)
         rc = actl__oom();
         goto out;
     }
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-        rc = actl__err(errno == ENOENT ? ACTL_ENOTFOUND : ACTL_EIO, "cannot open '%s': %s", path,
-                       strerror(errno));
+    uint64_t fsize;
+    if ((rc = actl__open_regular(path, &fd, &fsize)))
         goto out;
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        rc = actl__err(ACTL_EIO, "cannot stat '%s': %s", path, strerror(errno));
-        goto out;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        rc = actl__err(ACTL_EFORMAT, "'%s' is not a regular file", path);
-        goto out;
-    }
-    if (sb.st_size < 8) {
+    if (fsize < 8) {
         rc = actl__err(ACTL_EFORMAT,
                        "'%s': file is %lld bytes, shorter than the 8-byte header length "
                        "(truncated)",
-                       path, (long long)sb.st_size);
+                       path, (long long)fsize);
         goto out;
     }
-    if ((uint64_t)sb.st_size > SIZE_MAX) {
+    if (fsize > SIZE_MAX) {
         rc = actl__err(ACTL_ELIMIT, "'%s': file is %lld bytes, too large to map", path,
-                       (long long)sb.st_size);
+                       (long long)fsize);
         goto out;
     }
     /* The whole file is mapped, header included, so the length is never 0
      * even when the data section is empty. MAP_PRIVATE: a file rewritten in
      * place by someone else cannot change what we validated through our
      * pages once touched (truncation can still fault; writers here rename). */
-    st->map_len = (size_t)sb.st_size;
+    st->map_len = (size_t)fsize;
     st->map = mmap(NULL, st->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
     if (st->map == MAP_FAILED) {
         st->map = NULL;
@@ -589,21 +578,37 @@ out:
     return rc;
 }
 
-int actl_st_write(const char *path, const actl_tensor *const *tensors, size_t n,
+/* Larger elements first, then by name: every size before a tensor is then a
+ * multiple of its element size, so each tensor is aligned to it. This is the
+ * order the reference writer uses too. */
+static int cmp_layout(const void *a, const void *b)
+{
+    const actl_tensor *x = *(const actl_tensor *const *)a;
+    const actl_tensor *y = *(const actl_tensor *const *)b;
+    size_t sx = actl_dtype_size(x->dtype), sy = actl_dtype_size(y->dtype);
+    if (sx != sy)
+        return sx > sy ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+int actl_st_write(const char *path, const actl_tensor *const *given, size_t n,
                   const char *const *metadata)
 {
     int rc = ACTL_OK;
     json_t *root = NULL;
     char *header = NULL;
+    const actl_tensor **tensors = NULL;
 
-    if (!path || (n && !tensors))
+    if (!path || (n && !given))
         return actl__err(ACTL_EINVAL, "safetensors write: NULL argument");
-    if ((rc = check_names(path, tensors, n, metadata)))
+    if ((rc = check_names(path, given, n, metadata)))
         return rc;
-    if (!(root = json_object())) {
+    if (!(tensors = malloc((n ? n : 1) * sizeof *tensors)) || !(root = json_object())) {
         rc = actl__oom();
         goto out;
     }
+    memcpy(tensors, given, n * sizeof *tensors);
+    qsort(tensors, n, sizeof *tensors, cmp_layout);
     if (metadata) {
         json_t *meta = json_object();
         if (!meta || json_object_set_new(root, "__metadata__", meta)) {
@@ -653,5 +658,6 @@ int actl_st_write(const char *path, const actl_tensor *const *tensors, size_t n,
 out:
     json_decref(root);
     free(header);
+    free(tensors);
     return rc;
 }

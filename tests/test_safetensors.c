@@ -2,6 +2,7 @@
  * files (fixtures/broken, made by fixtures/gen_broken.c), the writer, a real
  * Hugging Face checkpoint from ../shared/data, and sharded checkpoints. */
 #include "testutil.h"
+#include "internal.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -267,15 +268,20 @@ static void test_safetensors__round_trips_every_dtype_scalars_and_empty_tensors(
     /* Scalars hold one element. */
     assert_int_equal(actl_tensor_numel(actl_st_find(st, "scalar.f32")), 1);
     assert_int_equal(actl_tensor_nbytes(actl_st_find(st, "scalar.u8")), 1);
-    /* Non-empty tensors keep the order they were given in. */
-    for (int i = 0, j = 0; i < N; i++) {
-        if (actl_tensor_nbytes(t[i]) == 0)
+    /* Laid out by element size, largest first, then by name; so each tensor
+     * is aligned to its element size (the mapping is page-aligned and the
+     * header padded to 8). */
+    for (size_t j = 0; j < actl_st_count(st); j++) {
+        const actl_tensor *r = actl_st_tensor(st, j);
+        size_t esz = actl_dtype_size(actl_tensor_dtype(r));
+        assert_int_equal((uintptr_t)actl_tensor_data(r) % esz, 0);
+        if (j == 0 || actl_tensor_nbytes(r) == 0)
             continue;
-        while (actl_tensor_nbytes(actl_st_tensor(st, (size_t)j)) == 0)
-            j++;
-        assert_string_equal(actl_tensor_name(actl_st_tensor(st, (size_t)j)),
-                            actl_tensor_name(t[i]));
-        j++;
+        const actl_tensor *p = actl_st_tensor(st, j - 1);
+        size_t psz = actl_dtype_size(actl_tensor_dtype(p));
+        if (actl_tensor_nbytes(p) > 0)
+            assert_true(psz > esz || (psz == esz && strcmp(actl_tensor_name(p),
+                                                          actl_tensor_name(r)) < 0));
     }
     assert_int_equal(actl_st_metadata_count(st), 3);
     assert_string_equal(actl_st_metadata(st, "format"), "pt");
@@ -456,9 +462,12 @@ static void test_safetensors__finds_each_of_10000_tensors_by_name(void **state)
         int32_t v;
         memcpy(&v, actl_tensor_data(r), 4);
         assert_int_equal(v, i);
-        assert_ptr_equal(actl_st_tensor(st, (size_t)i), r); /* offset order = given order */
     }
     assert_null(actl_st_find(st, "model.layers.10000.w"));
+    /* One dtype: offset order is name order, whatever order they were given in. */
+    for (size_t j = 1; j < N; j++)
+        assert_true(strcmp(actl_tensor_name(actl_st_tensor(st, j - 1)),
+                           actl_tensor_name(actl_st_tensor(st, j))) < 0);
     actl_st_close(st);
     for (int i = 0; i < N; i++)
         actl_tensor_free(t[i]);
@@ -876,6 +885,42 @@ static void test_ckpt__opens_single_file_by_dir_and_by_path(void **state)
     free(dir);
 }
 
+/* A FIFO planted where a file should be is refused at once, not waited on. */
+static void test_safetensors__refuses_a_fifo_without_blocking(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir(), *path = join(dir, "model.safetensors");
+    assert_int_equal(mkfifo(path, 0600), 0);
+    actl_st *st = NULL;
+    assert_err(actl_st_open(path, &st), ACTL_EFORMAT, "is not a regular file");
+    assert_null(st);
+    char *data = NULL;
+    size_t len;
+    assert_err(actl__read_file(path, 100, &data, &len), ACTL_EFORMAT, "is not a regular file");
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
+/* Written files get 0666 less the umask, like any file a program creates. */
+static void test_safetensors__written_file_mode_follows_the_umask(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir(), *path = join(dir, "m.safetensors");
+    mode_t masks[2] = {022, 077}, want[2] = {0644, 0600};
+    for (int i = 0; i < 2; i++) {
+        mode_t old = umask(masks[i]);
+        assert_ok(actl_st_write(path, NULL, 0, NULL));
+        umask(old);
+        struct stat sb;
+        assert_int_equal(stat(path, &sb), 0);
+        assert_int_equal(sb.st_mode & 0777, want[i]);
+    }
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -915,6 +960,8 @@ int main(void)
         cmocka_unit_test(test_safetensors__writer_rejects_duplicate_and_reserved_names),
         cmocka_unit_test(test_safetensors__write_replaces_file_whole_and_leaves_no_temporaries),
         cmocka_unit_test(test_safetensors__finds_each_of_10000_tensors_by_name),
+        cmocka_unit_test(test_safetensors__refuses_a_fifo_without_blocking),
+        cmocka_unit_test(test_safetensors__written_file_mode_follows_the_umask),
         cmocka_unit_test(test_safetensors__rejects_more_than_a_million_tensors),
         cmocka_unit_test(test_safetensors__reads_hf_tiny_llama_shapes_and_bf16_values),
         cmocka_unit_test(test_ckpt__opens_hf_tiny_llama_directory),

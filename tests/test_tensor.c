@@ -335,6 +335,19 @@ static void test_json__dump_matches_python_json_dumps(void **state)
     check_dump("{\"b\": 1, \"a\": {\"d\": false, \"c\": 2}}", -1, "{\"a\":{\"c\":2,\"d\":false},\"b\":1}");
 }
 
+static void test_json__dump_keep_preserves_order_under_named_keys(void **state)
+{
+    (void)state;
+    const char *text = "{\"z\": {\"b\": 1, \"a\": 2}, \"p\": {\"b\": 1, \"a\": 2}}";
+    json_t *v = NULL;
+    assert_ok(actl__json_parse(text, strlen(text), "test", &v));
+    const char *const keep[] = {"p", NULL};
+    char *got = actl__json_dump_keep(v, -1, keep);
+    assert_string_equal(got, "{\"p\":{\"b\":1,\"a\":2},\"z\":{\"a\":2,\"b\":1}}");
+    free(got);
+    json_decref(v);
+}
+
 static void test_json__parse_rejects_duplicates_depth_and_garbage(void **state)
 {
     (void)state;
@@ -366,6 +379,7 @@ int main(void)
         cmocka_unit_test(test_error__codes_have_fixed_texts),
         cmocka_unit_test(test_error__wrap_prefixes_and_never_overflows),
         cmocka_unit_test(test_json__dump_matches_python_json_dumps),
+        cmocka_unit_test(test_json__dump_keep_preserves_order_under_named_keys),
         cmocka_unit_test(test_json__parse_rejects_duplicates_depth_and_garbage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
