@@ -181,11 +181,10 @@ const char *actl_st_metadata(const actl_st *st, const char *key);
 size_t actl_st_metadata_count(const actl_st *st);
 void actl_st_metadata_at(const actl_st *st, size_t i, const char **key, const char **value);
 
-/* Writes n tensors to path: header padded with spaces to a multiple of 8, so
- * the data section starts 8-byte aligned, then the tensors contiguously in the
- * given order (the format allows no padding between them, so a tensor is
- * aligned to its element size when the sizes before it are multiples of it;
- * readers here never rely on alignment).
+/* Writes n tensors to path: the header padded with spaces to a multiple of 8,
+ * then the data, laid out by element size (largest first) and then by name,
+ * as the reference writer does, so that every tensor is aligned to its
+ * element size. (Readers here never rely on alignment.)
  * metadata is NULL or a NULL-terminated array of key, value, key, value...
  * The file is written to a temporary file beside path, fsynced and renamed
  * over path, so readers see the old file or the new one. Tensor names must
@@ -384,6 +383,141 @@ int actl_adapter_validate(const actl_adapter *a, const actl_base *base);
  * same modules, A [r, in] and B [out, r] gathered from the pools (exact:
  * the pools' dtype is kept), the same lora_alpha and r. ACTL_EINVAL if a is not MoS. */
 int actl_adapter_materialize(const actl_adapter *a, actl_adapter **out);
+
+/* ------------------------------------------------------------------ */
+/* The store: an SQLite catalogue and content-addressed packs          */
+/* ------------------------------------------------------------------ */
+
+/* A store directory: catalog.db (SQLite, WAL) and objects/ (packs named by
+ * the SHA-256 of their bytes, objects/<2 hex>/<64 hex>). Several processes
+ * may use one store at once; one actl_store handle is used by one thread at
+ * a time. */
+typedef struct actl_store actl_store;
+
+/* The default store directory: $ADAPTERCTL_STORE, else
+ * $XDG_DATA_HOME/adapterctl, else $HOME/.local/share/adapterctl. malloc'd
+ * into *out (the caller frees). ACTL_ENOTFOUND when none of the variables
+ * is set. */
+int actl_store_default_path(char **out);
+
+/* Opens the store at dir (NULL: actl_store_default_path), creating the
+ * directory, catalog.db and objects/ when absent and ACTL_STORE_CREATE is
+ * given (otherwise ACTL_ENOTFOUND). Applies pending schema migrations in one
+ * transaction; a catalogue written by a newer adapterctl is refused
+ * (ACTL_EUNSUPPORTED). */
+#define ACTL_STORE_CREATE 0x1
+int actl_store_open(const char *dir, int flags, actl_store **out);
+void actl_store_close(actl_store *s);
+/* The store's directory (lent). */
+const char *actl_store_path(const actl_store *s);
+/* The catalogue's schema version (PRAGMA user_version). */
+int actl_store_schema_version(const actl_store *s);
+
+/* Names: [A-Za-z0-9][A-Za-z0-9._-]{0,127}. A reference is NAME or
+ * NAME@VERSION (VERSION a positive integer); NAME alone is the newest
+ * version. ACTL_EINVAL with a message for anything else. */
+int actl_name_check(const char *name);
+int actl_ref_parse(const char *ref, char *name, size_t name_cap, int64_t *version);
+
+/* Options of actl_store_add; start from actl_add_default_opts(). Strings are
+ * borrowed for the call. */
+typedef struct actl_add_opts {
+    const char *name;        /* required */
+    int64_t version;         /* 0: one more than the newest version of name */
+    const char *base_model;  /* NULL: the adapter's base_model_name_or_path */
+    const char *const *tags; /* NULL-terminated "KEY=VALUE" strings, or NULL */
+    const char *description; /* or NULL */
+    const char *source;      /* where it came from (a path or URL), or NULL */
+} actl_add_opts;
+actl_add_opts actl_add_default_opts(void);
+
+/* One catalogue row. Every string is lent by the list it came from. */
+typedef struct actl_entry {
+    const char *name;
+    int64_t version;
+    actl_kind kind;
+    const char *base_model;     /* or NULL */
+    int rank;                   /* LoRA/MoS r, bottleneck size; 0 for RoAd */
+    const char *variant;        /* RoAd "road_1"...; else NULL */
+    int group_size;             /* RoAd; else 0 */
+    const char *target_modules; /* JSON array text of the adapted module names */
+    const char *config;         /* adapter_config.json as compact JSON */
+    uint64_t raw_bytes;         /* tensors, uncompressed */
+    uint64_t stored_bytes;      /* the pack's size on disk */
+    const char *pack;           /* 64 hex digits */
+    const char *source;         /* or NULL */
+    const char *description;    /* or NULL */
+    int64_t created;            /* Unix seconds */
+    size_t tag_count;
+    const char *const *tag_keys;   /* tag_count keys, sorted */
+    const char *const *tag_values; /* the matching values */
+} actl_entry;
+
+/* A list of entries, owned by the caller. */
+typedef struct actl_entries actl_entries;
+size_t actl_entries_count(const actl_entries *l);
+/* Lends entry i (NULL when out of range), valid until l is freed. */
+const actl_entry *actl_entries_get(const actl_entries *l, size_t i);
+void actl_entries_free(actl_entries *l);
+
+/* Adds an adapter: writes its pack (temporary file, fsync, rename; a pack
+ * with the same bytes is shared) and then, in one transaction, its rows.
+ * A crash leaves the old state or the new one. ACTL_EEXIST when name@version
+ * exists. On success *out (when out is not NULL) receives the new entry. */
+int actl_store_add(actl_store *s, const actl_adapter *a, const actl_add_opts *o,
+                   actl_entries **out);
+
+/* Filters of actl_store_list; start from actl_query_default(). */
+typedef struct actl_query {
+    int kind;                /* an actl_kind, or 0 for any */
+    const char *base_model;  /* exact match, or NULL */
+    const char *name;        /* exact name (every version), or NULL */
+    const char *const *tags; /* NULL-terminated "KEY=VALUE" (all must match), or NULL */
+    int64_t limit;           /* 0: no limit */
+    int64_t offset;
+    int all_versions;        /* 0: only the newest version of each name */
+} actl_query;
+actl_query actl_query_default(void);
+
+/* Entries matching q, ordered by name then version. */
+int actl_store_list(actl_store *s, const actl_query *q, actl_entries **out);
+/* The one entry ref names; ACTL_ENOTFOUND naming it when absent. */
+int actl_store_show(actl_store *s, const char *ref, actl_entries **out);
+/* Loads ref's adapter from its pack, checking every tensor's SHA-256
+ * (ACTL_ECORRUPT naming the pack and tensor on a mismatch). */
+int actl_store_load(actl_store *s, const char *ref, actl_adapter **out);
+/* actl_store_load + actl_adapter_save. */
+int actl_store_export(actl_store *s, const char *ref, const char *dir);
+/* Removes ref's rows (the pack stays until actl_store_gc). */
+int actl_store_rm(actl_store *s, const char *ref);
+/* Sets "KEY=VALUE" tags and removes `unset` keys (both NULL-terminated or
+ * NULL), in one transaction. */
+int actl_store_tag(actl_store *s, const char *ref, const char *const *set,
+                   const char *const *unset);
+
+/* verify: re-hashes every pack and checks every row. Each problem is passed
+ * to fn (message, ctx) as found; *problems counts them. Returns ACTL_OK when
+ * the check ran (even with problems), else the error that stopped it. */
+typedef void (*actl_problem_fn)(const char *message, void *ctx);
+int actl_store_verify(actl_store *s, actl_problem_fn fn, void *ctx, size_t *problems);
+
+/* gc: removes packs no row references and stale temporary files, never a
+ * pack that an add in progress (in any process) is about to reference. */
+typedef struct actl_gc_result {
+    size_t packs_removed;
+    uint64_t bytes_freed;
+    size_t temp_removed;
+} actl_gc_result;
+int actl_store_gc(actl_store *s, actl_gc_result *out);
+
+typedef struct actl_store_stats {
+    int64_t adapters;       /* distinct names */
+    int64_t versions;       /* rows */
+    int64_t packs;          /* pack files referenced */
+    uint64_t raw_bytes;     /* tensors, uncompressed, over distinct packs */
+    uint64_t stored_bytes;  /* packs on disk, over distinct packs */
+} actl_store_stats;
+int actl_store_stats_get(actl_store *s, actl_store_stats *out);
 
 #ifdef __cplusplus
 }

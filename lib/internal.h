@@ -60,6 +60,11 @@ int actl__is_float(actl_dtype dt);
 /* Reads a whole regular file (at most `limit` bytes, else ACTL_ELIMIT) into
  * a NUL-terminated malloc'd buffer. */
 int actl__read_file(const char *path, size_t limit, char **data, size_t *len);
+/* Opens a regular file read-only (refusing FIFOs, devices and directories
+ * without blocking on them); *size gets its size. */
+int actl__open_regular(const char *path, int *fd, uint64_t *size);
+/* "path.tmp.<16 random hex>", malloc'd: a temporary name beside path. */
+char *actl__temp_name(const char *path);
 /* Atomic write: a temporary file beside path, the writer callback, fsync,
  * rename, fsync of the directory. On failure the temporary is removed and
  * path is untouched. */
@@ -89,6 +94,11 @@ int actl__json_parse(const char *text, size_t len, const char *what, json_t **ou
  * ("16.0", "0.05", "1e-05"). indent < 0 gives compact output with sorted
  * keys (separators "," and ":"). malloc'd; NULL on OOM. */
 char *actl__json_dump(const json_t *v, int indent);
+/* The same, except that objects found under a key listed in keep_order
+ * (NULL-terminated) keep their insertion order: PEFT's rank_pattern and
+ * alpha_pattern match first key first, so sorting them would change which
+ * pattern wins. */
+char *actl__json_dump_keep(const json_t *v, int indent, const char *const *keep_order);
 
 /* ---- adapter.c -------------------------------------------------------- */
 
@@ -152,5 +162,135 @@ int actl__mos_gather(const actl_adapter *a, const actl__module *m, const char *n
                      const char *name_b, actl_tensor **A, actl_tensor **B);
 /* Reads element i of a floating-point tensor as a double. */
 double actl__tensor_get_f64(const actl_tensor *t, size_t i);
+
+/* ---- hash.c ----------------------------------------------------------- */
+
+/* SHA-256 (OpenSSL libcrypto), one-shot and streaming. Hex is lowercase. */
+typedef struct actl__sha256 actl__sha256;
+int actl__sha256_new(actl__sha256 **out);
+int actl__sha256_update(actl__sha256 *h, const void *p, size_t n);
+/* Writes 32 bytes to digest and frees h (h may be NULL after a failed new). */
+int actl__sha256_final(actl__sha256 *h, unsigned char digest[32]);
+void actl__sha256_free(actl__sha256 *h);
+int actl__sha256_hex(const void *p, size_t n, char hex[65]);
+void actl__hex(const unsigned char *bytes, size_t n, char *hex /* 2n+1 */);
+/* XXH64 (the public xxHash spec), the codec frames' checksum. */
+uint64_t actl__xxh64(const void *p, size_t n, uint64_t seed);
+
+/* ---- codec.c ---------------------------------------------------------- */
+
+/* One tensor's bytes as a self-checking frame (DESIGN.md 6): the bytes are
+ * split into planes (BF16: exponent byte, then sign+mantissa byte; F16: high
+ * bytes, then low; F32: exponent, sign+high mantissa, mid, low; others: one
+ * plane), each plane zstd-compressed or stored raw when that does not shrink
+ * it. The frame records the dtype, the raw size and the XXH64 of the raw
+ * bytes. Layout in codec.c. */
+#define ACTL_CODEC_LEVEL 3
+/* Upper bound of a frame's size for n raw bytes. */
+size_t actl__codec_bound(actl_dtype dt, size_t n);
+/* Compresses n raw bytes of dtype dt into dst (cap >= actl__codec_bound);
+ * *written gets the frame's size. Deterministic for given inputs and level. */
+int actl__codec_compress(actl_dtype dt, const void *raw, size_t n, int level, void *dst,
+                         size_t cap, size_t *written);
+/* Decompresses a frame of `len` bytes into dst, which holds exactly raw_size
+ * bytes: refuses (ACTL_ECORRUPT, naming `what`) a frame whose dtype or raw
+ * size differs from the caller's, whose planes claim more than raw_size, or
+ * whose checksum does not match. Never writes past dst + raw_size. */
+int actl__codec_decompress(const void *frame, size_t len, actl_dtype dt, void *dst,
+                           size_t raw_size, const char *what);
+
+/* ---- pack.c ----------------------------------------------------------- */
+
+/* The pack (DESIGN.md 4.4): one immutable, self-describing file per adapter
+ * version: "ACTLPACK", u32 format version, u32 zero, u64 header length H, H
+ * bytes of JSON {"format": 1, "config": {...}, "tensors": [{"name", "dtype",
+ * "shape", "codec", "offset", "stored", "raw", "sha256"}...]} padded with
+ * spaces to a multiple of 8, then the frames (offsets from the end of the
+ * header). Same adapter in, same bytes out. */
+#define ACTL_PACK_MAGIC "ACTLPACK"
+#define ACTL_PACK_FORMAT 1
+/* Writes a's pack into dir/objects as objects/<2 hex>/<64 hex>: into a
+ * temporary file objects/tmp/pack.XXXXXX (fsynced), then renamed; when a pack
+ * with those bytes exists, the temporary is dropped and the existing one
+ * used. hex receives the digest, *stored the pack's size, *raw the tensors'
+ * raw size. */
+int actl__pack_write(const actl_adapter *a, const char *objects_dir, char hex[65],
+                     uint64_t *stored, uint64_t *raw);
+/* objects_dir/<2 hex>/<64 hex>, malloc'd. */
+char *actl__pack_path(const char *objects_dir, const char *hex);
+/* Reads a pack into a new adapter, checking every tensor's SHA-256 and, when
+ * expect_hex is not NULL, the whole file's digest. ACTL_ECORRUPT naming the
+ * pack and the tensor on a mismatch; ACTL_EFORMAT for a malformed pack. */
+int actl__pack_load(const char *path, const char *expect_hex, actl_adapter **out);
+/* Verifies a pack without building the adapter: file digest, header, every
+ * frame and tensor hash. Problems go to fn; returns their count in *problems. */
+int actl__pack_verify(const char *path, const char *expect_hex, actl_problem_fn fn, void *ctx,
+                      size_t *problems);
+
+/* ---- catalog.c / store.c (the store; owner: the store library) -------- */
+
+/* One embedded migration, schema/NNNN_name.sql: number N (1, 2, 3... in
+ * order), "NNNN_name", the file's text. Generated by the Makefile into
+ * $(BUILD)/gen/schema.c. */
+typedef struct actl__migration {
+    int number;
+    const char *name;
+    const char *sql;
+} actl__migration;
+extern const actl__migration actl__migrations[];
+extern const size_t actl__migration_count;
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+struct actl_store {
+    char *dir;       /* as given or resolved */
+    char *db_path;   /* dir/catalog.db */
+    char *objects;   /* dir/objects */
+    char *lock_path; /* dir/gc.lock: LOCK_SH by adds, LOCK_EX by gc */
+    struct sqlite3 *db;
+    int schema_version;
+};
+
+/* Applies the migrations above the catalogue's user_version, from `list`
+ * (n entries), in one BEGIN IMMEDIATE transaction, re-reading user_version
+ * inside it. ACTL_EUNSUPPORTED when the catalogue is newer than list's last
+ * entry. actl_store_open calls it with the embedded list; tests pass others. */
+int actl__store_migrate(actl_store *s, const actl__migration *list, size_t n);
+
+/* SQL helpers; each sets a message naming the catalogue and `what` on failure. */
+int actl__db_err(const actl_store *s, int sqlite_rc, const char *what);
+int actl__db_exec(actl_store *s, const char *sql, const char *what);
+int actl__db_prepare(actl_store *s, const char *sql, struct sqlite3_stmt **st);
+/* BEGIN IMMEDIATE, retried on SQLITE_BUSY for up to ~10 s beyond the busy
+ * handler (WAL returns BUSY without calling it in some cases). */
+int actl__db_begin(actl_store *s);
+int actl__db_commit(actl_store *s);
+/* Rolls back if a transaction is open; keeps the current error message. */
+void actl__db_rollback(actl_store *s);
+
+/* s quoted for a message: printable ASCII as is, anything else as \n, \t or
+ * \xNN, cut with "..." beyond ~100 characters. Returns buf. */
+const char *actl__quote(const char *s, char *buf, size_t cap);
+#define ACTL__QUOTE_CAP 512
+
+/* Splits and checks one "KEY=VALUE" tag. key must hold 65 bytes; *value
+ * points into kv. */
+int actl__tag_parse(const char *kv, char key[65], const char **value);
+int actl__tag_key_check(const char *key);
+/* Checks an optional free-text field: valid UTF-8, at most max bytes, no
+ * control characters (newline and tab allowed when multiline). */
+int actl__text_check(const char *what, const char *s, size_t max, bool multiline);
+
+/* The columns actl__entries_append expects, in this order, from a query over
+ * `adapters a`. */
+#define ACTL__ENTRY_COLS                                                                 \
+    "a.id, a.name, a.version, a.kind, a.base_model, a.rank, a.variant, a.group_size, "   \
+    "a.target_modules, a.config, a.raw_bytes, a.stored_bytes, a.pack, a.source, "        \
+    "a.description, a.created"
+int actl__entries_new(actl_entries **out);
+/* Steps st to the end, appending one entry per row, then loads the tags of
+ * the appended rows. */
+int actl__entries_append(actl_store *s, actl_entries *l, struct sqlite3_stmt *st);
 
 #endif /* ACTL_INTERNAL_H */
