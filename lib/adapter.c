@@ -6,6 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+bool actl__ends_with(const char *s, const char *suffix)
+{
+    size_t l = strlen(s), n = strlen(suffix);
+    return l >= n && memcmp(s + l - n, suffix, n) == 0;
+}
+
 const char *actl_kind_name(actl_kind k)
 {
     switch (k) {
@@ -278,6 +284,11 @@ int actl__mos_gather(const actl_adapter *a, const actl__module *m, const char *n
         return actl__err(ACTL_EINVAL, "mos gather: not a MoS module");
     int64_t r = m->info.rank, l = a->info.shards;
     int64_t wa = m->pool_a->shape[1], wb = m->pool_b->shape[1]; /* in/l, out/l */
+    /* The build refuses such pools; a module from anywhere else must not overflow here. */
+    if (l < 1 || wa > INT64_MAX / l || wb > INT64_MAX / l)
+        return actl__err(ACTL_ELIMIT, "'%s': module '%s': pool widths %lld and %lld x "
+                         "mos_shards %lld do not fit in 64 bits", a->origin, m->info.name,
+                         (long long)wa, (long long)wb, (long long)l);
     int64_t in = wa * l, outf = wb * l;
     size_t es = actl_dtype_size(m->pool_a->dtype);
     int64_t sa[2] = {r, in}, sb[2] = {outf, r};
@@ -314,7 +325,7 @@ out:
 static json_t *lora_config_of(const actl_adapter *a)
 {
     static const char *const copied[] = {"target_modules", "base_model_name_or_path",
-                                         "task_type", "modules_to_save", NULL};
+                                         "task_type", "modules_to_save", "bias", NULL};
     json_t *c = json_object();
     int bad = !c;
     bad = bad || json_object_set_new(c, "peft_type", json_string("LORA"));
@@ -335,10 +346,19 @@ static json_t *lora_config_of(const actl_adapter *a)
     return c;
 }
 
+/* The index in a->tensors of t, one of them (keys are unique and sorted). */
+static size_t tensor_index(const actl_adapter *a, const actl_tensor *t)
+{
+    const actl_tensor **hit = bsearch(t->name, a->tensors, a->n_tensors, sizeof *a->tensors,
+                                      cmp_key_tensor);
+    return (size_t)(hit - a->tensors);
+}
+
 int actl_adapter_materialize(const actl_adapter *a, actl_adapter **out)
 {
     int rc = ACTL_OK;
     const actl_tensor **ts = NULL;
+    bool *in_module = NULL;
     size_t nt = 0;
     json_t *cfg = NULL;
     char *name_a = NULL, *name_b = NULL, *origin = NULL;
@@ -348,8 +368,9 @@ int actl_adapter_materialize(const actl_adapter *a, actl_adapter **out)
         return actl__err(ACTL_EINVAL, "'%s': materialize needs a MoS adapter, not %s", a->origin,
                          actl_kind_name(a->info.kind));
     *out = NULL;
-    /* Two tensors per module plus the modules_to_save tensors (pools and indices go). */
+    /* Two tensors per module plus the pass-through tensors (pools and indices go). */
     if (!(ts = calloc(2 * a->n_modules + a->n_tensors, sizeof *ts)) ||
+        (a->n_tensors && !(in_module = calloc(a->n_tensors, sizeof *in_module))) ||
         !(cfg = lora_config_of(a)) ||
         !(origin = actl__strdup_printf("%s (materialized)", a->origin))) {
         rc = actl__oom();
@@ -371,17 +392,21 @@ int actl_adapter_materialize(const actl_adapter *a, actl_adapter **out)
         ts[nt++] = A;
         ts[nt++] = B;
     }
+    /* The build attached every MoS tensor to a module (pools to all modules of their type)
+     * and let only pass-through tensors (modules_to_save, base biases) stand alone: those
+     * are what the LoRA keeps. One rule, the build's, decides which is which. */
+    for (size_t i = 0; i < a->n_modules; i++) {
+        const actl__module *m = &a->modules[i];
+        in_module[tensor_index(a, m->index_a)] = true;
+        in_module[tensor_index(a, m->index_b)] = true;
+        in_module[tensor_index(a, m->pool_a)] = true;
+        in_module[tensor_index(a, m->pool_b)] = true;
+    }
     for (size_t i = 0; i < a->n_tensors; i++) {
-        const actl_tensor *t = a->tensors[i];
-        size_t l = strlen(t->name);
-        bool mos = strstr(t->name, ".mos_index_") ||
-                   (l > 7 && (strcmp(t->name + l - 7, ".pool_A") == 0 ||
-                              strcmp(t->name + l - 7, ".pool_B") == 0) &&
-                    strncmp(t->name, ACTL_PEFT_PREFIX "mos.", strlen(ACTL_PEFT_PREFIX "mos.")) == 0);
-        if (mos)
-            continue;
         actl_tensor *c;
-        if ((rc = actl_tensor_copy(t, NULL, &c)))
+        if (in_module[i])
+            continue;
+        if ((rc = actl_tensor_copy(a->tensors[i], NULL, &c)))
             goto out;
         ts[nt++] = c;
     }
@@ -393,6 +418,7 @@ out:
         for (size_t i = 0; i < nt; i++)
             actl_tensor_free((actl_tensor *)ts[i]);
     free(ts);
+    free(in_module);
     json_decref(cfg);
     free(name_a);
     free(name_b);

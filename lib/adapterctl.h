@@ -349,8 +349,9 @@ int actl_adapter_new(const char *config_json, const actl_tensor *const *tensors,
                      const char *origin, actl_adapter **out);
 
 /* Exports a PEFT directory that PEFT loads: adapter_config.json with sorted
- * keys and 2-space indent, adapter_model.safetensors with metadata
- * {"format":"pt"}. dir must not exist, or be an empty directory
+ * keys and 2-space indent (except that rank_pattern and alpha_pattern keep
+ * their order: PEFT's first matching key wins), adapter_model.safetensors
+ * with metadata {"format":"pt"}. dir must not exist, or be an empty directory
  * (ACTL_EEXIST otherwise). Written into a temporary directory beside dir and
  * renamed, so dir appears whole or not at all. */
 int actl_adapter_save(const actl_adapter *a, const char *dir);
@@ -359,7 +360,8 @@ void actl_adapter_free(actl_adapter *a);
 
 void actl_adapter_info_get(const actl_adapter *a, actl_adapter_info *out);
 
-/* The config as compact JSON text with sorted keys (lent). */
+/* The config as compact JSON text with sorted keys, rank_pattern and
+ * alpha_pattern keeping their order (lent). */
 const char *actl_adapter_config(const actl_adapter *a);
 
 /* Modules sorted by name. ACTL_EINVAL when i is out of range. */

@@ -7,8 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CONFIG_LIMIT (16u << 20)
-
 typedef struct base_module {
     char *name;
     int64_t rows, cols; /* the weight as stored: [out, in] for a Linear, [vocab, dim] for an
@@ -108,9 +106,16 @@ static int from_checkpoint(actl_base *b, const char *path)
     return rc;
 }
 
-/* A positive integer field of config.json; def (when > 0) stands in for absent or null. */
-static int cfg_dim(const json_t *cfg, const char *key, int64_t def, const char *what,
-                   int64_t *out)
+/* Bounds on config.json sizes: config.json alone decides how many modules are listed
+ * (7 per layer) and their widths, so a hostile one must not ask for millions of them. */
+#define MAX_LAYERS 65536
+#define MAX_HEADS 65536
+#define MAX_WIDTH (1 << 30)
+
+/* An integer field of config.json in [1, max]; def (when > 0) stands in for absent or
+ * null. */
+static int cfg_dim(const json_t *cfg, const char *key, int64_t def, int64_t max,
+                   const char *what, int64_t *out)
 {
     json_t *v = json_object_get(cfg, key);
     if ((!v || json_is_null(v)) && def > 0) {
@@ -119,8 +124,9 @@ static int cfg_dim(const json_t *cfg, const char *key, int64_t def, const char *
     }
     if (!v)
         return actl__err(ACTL_EFORMAT, "'%s': key '%s' is missing", what, key);
-    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > (1 << 30))
-        return actl__err(ACTL_EFORMAT, "'%s': key '%s' must be a positive integer", what, key);
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > max)
+        return actl__err(ACTL_EFORMAT, "'%s': key '%s' must be an integer from 1 to %lld", what,
+                         key, (long long)max);
     *out = json_integer_value(v);
     return ACTL_OK;
 }
@@ -135,14 +141,23 @@ static int from_config(actl_base *b, const json_t *cfg, const char *what)
 {
     int rc;
     int64_t hidden, inter, layers, heads, kv, head_dim, vocab;
-    if ((rc = cfg_dim(cfg, "hidden_size", 0, what, &hidden)) ||
-        (rc = cfg_dim(cfg, "intermediate_size", 0, what, &inter)) ||
-        (rc = cfg_dim(cfg, "num_hidden_layers", 0, what, &layers)) ||
-        (rc = cfg_dim(cfg, "num_attention_heads", 0, what, &heads)) ||
-        (rc = cfg_dim(cfg, "num_key_value_heads", heads, what, &kv)) ||
-        (rc = cfg_dim(cfg, "head_dim", hidden / heads, what, &head_dim)) ||
-        (rc = cfg_dim(cfg, "vocab_size", 0, what, &vocab)))
+    if ((rc = cfg_dim(cfg, "hidden_size", 0, MAX_WIDTH, what, &hidden)) ||
+        (rc = cfg_dim(cfg, "intermediate_size", 0, MAX_WIDTH, what, &inter)) ||
+        (rc = cfg_dim(cfg, "num_hidden_layers", 0, MAX_LAYERS, what, &layers)) ||
+        (rc = cfg_dim(cfg, "num_attention_heads", 0, MAX_HEADS, what, &heads)) ||
+        (rc = cfg_dim(cfg, "num_key_value_heads", heads, MAX_HEADS, what, &kv)) ||
+        (rc = cfg_dim(cfg, "head_dim", hidden / heads, MAX_WIDTH, what, &head_dim)) ||
+        (rc = cfg_dim(cfg, "vocab_size", 0, MAX_WIDTH, what, &vocab)))
         return rc;
+    /* The attention widths are products: keep them in the same range as the others. */
+    if (heads * head_dim > MAX_WIDTH)
+        return actl__err(ACTL_EFORMAT,
+                         "'%s': num_attention_heads %lld x head_dim %lld is more than %d", what,
+                         (long long)heads, (long long)head_dim, MAX_WIDTH);
+    if (kv * head_dim > MAX_WIDTH)
+        return actl__err(ACTL_EFORMAT,
+                         "'%s': num_key_value_heads %lld x head_dim %lld is more than %d", what,
+                         (long long)kv, (long long)head_dim, MAX_WIDTH);
     if ((rc = add_module(b, strdup("model.embed_tokens"), vocab, hidden)) ||
         (rc = add_module(b, strdup("lm_head"), vocab, hidden)))
         return rc;
@@ -164,12 +179,6 @@ static int from_config(actl_base *b, const json_t *cfg, const char *what)
                 return rc;
     }
     return ACTL_OK;
-}
-
-static bool has_suffix(const char *s, const char *suf)
-{
-    size_t l = strlen(s), n = strlen(suf);
-    return l >= n && strcmp(s + l - n, suf) == 0;
 }
 
 int actl_base_load(const char *path, actl_base **out)
@@ -202,7 +211,7 @@ int actl_base_load(const char *path, actl_base **out)
                            "config.json", path);
             goto out;
         }
-    } else if (has_suffix(path, ".safetensors")) {
+    } else if (actl__ends_with(path, ".safetensors")) {
         /* A single weights file: config.json beside it, if any, names the model. */
         weights = path;
         if (!(dcopy = strdup(path)) || !(cfg_path = actl__path_join(dirname(dcopy), "config.json"))) {
@@ -218,7 +227,7 @@ int actl_base_load(const char *path, actl_base **out)
         goto out;
     }
     if (cfg_path && actl__exists(cfg_path)) {
-        if ((rc = actl__read_file(cfg_path, CONFIG_LIMIT, &text, &len)) ||
+        if ((rc = actl__read_file(cfg_path, ACTL_CONFIG_LIMIT, &text, &len)) ||
             (rc = actl__json_parse(text, len, cfg_path, &cfg)))
             goto out;
         if (!json_is_object(cfg)) {

@@ -134,7 +134,7 @@ typedef struct actl__module {
 struct actl_adapter {
     actl_adapter_info info;   /* strings in it point into config */
     json_t *config;           /* the whole adapter_config.json, unknown keys kept */
-    char *config_compact;     /* actl__json_dump(config, -1), for actl_adapter_config */
+    char *config_compact;     /* actl__json_dump_keep(config, -1, actl__peft_keep_order) */
     char *origin;             /* names the source in messages (a directory or the caller's word) */
     const actl_tensor **tensors; /* n_tensors, sorted by key */
     size_t n_tensors;
@@ -165,7 +165,8 @@ double actl__tensor_get_f64(const actl_tensor *t, size_t i);
 
 /* ---- hash.c ----------------------------------------------------------- */
 
-/* SHA-256 (OpenSSL libcrypto), one-shot and streaming. Hex is lowercase. */
+/* SHA-256 (OpenSSL libcrypto), one-shot and streaming. Hex is lowercase.
+ * Failures are ACTL_ENOMEM or ACTL_EIO (libcrypto refused). */
 typedef struct actl__sha256 actl__sha256;
 int actl__sha256_new(actl__sha256 **out);
 int actl__sha256_update(actl__sha256 *h, const void *p, size_t n);
@@ -174,7 +175,8 @@ int actl__sha256_final(actl__sha256 *h, unsigned char digest[32]);
 void actl__sha256_free(actl__sha256 *h);
 int actl__sha256_hex(const void *p, size_t n, char hex[65]);
 void actl__hex(const unsigned char *bytes, size_t n, char *hex /* 2n+1 */);
-/* XXH64 (the public xxHash spec), the codec frames' checksum. */
+/* XXH64 (the public xxHash spec), the codec frames' checksum. p may be NULL
+ * when n is 0. */
 uint64_t actl__xxh64(const void *p, size_t n, uint64_t seed);
 
 /* ---- codec.c ---------------------------------------------------------- */
@@ -184,46 +186,64 @@ uint64_t actl__xxh64(const void *p, size_t n, uint64_t seed);
  * bytes, then low; F32: exponent, sign+high mantissa, mid, low; others: one
  * plane), each plane zstd-compressed or stored raw when that does not shrink
  * it. The frame records the dtype, the raw size and the XXH64 of the raw
- * bytes. Layout in codec.c. */
+ * bytes. Layout in codec.c. Thread-safe: each thread keeps its own zstd
+ * contexts (freed when the thread exits). */
 #define ACTL_CODEC_LEVEL 3
-/* Upper bound of a frame's size for n raw bytes. */
+/* Upper bound of a frame's size for n raw bytes: a header of at most 120
+ * bytes + n (no plane is stored larger than raw). */
 size_t actl__codec_bound(actl_dtype dt, size_t n);
-/* Compresses n raw bytes of dtype dt into dst (cap >= actl__codec_bound);
- * *written gets the frame's size. Deterministic for given inputs and level. */
+/* Compresses n raw bytes of dtype dt (n a multiple of the element size) into
+ * dst (cap >= actl__codec_bound); *written gets the frame's size. level is a
+ * zstd level for the mantissa and single planes; exponent planes always use
+ * an entropy-only setting (codec.c says why). Deterministic for given
+ * inputs, level and libzstd version. ACTL_EINVAL for bad arguments. */
 int actl__codec_compress(actl_dtype dt, const void *raw, size_t n, int level, void *dst,
                          size_t cap, size_t *written);
 /* Decompresses a frame of `len` bytes into dst, which holds exactly raw_size
- * bytes: refuses (ACTL_ECORRUPT, naming `what`) a frame whose dtype or raw
- * size differs from the caller's, whose planes claim more than raw_size, or
- * whose checksum does not match. Never writes past dst + raw_size. */
+ * bytes. Every header field is checked before dst is touched or anything is
+ * allocated: ACTL_ECORRUPT for a frame whose dtype or raw size differs from
+ * the caller's, whose planes claim more than raw_size (zstd content sizes
+ * included), that is cut short or has trailing bytes, or whose checksum does
+ * not match after decompression. Never writes past dst + raw_size; dst is
+ * unspecified after a failure. Messages start with `what` (e.g. "tensor 'x'";
+ * NULL: "codec frame"). */
 int actl__codec_decompress(const void *frame, size_t len, actl_dtype dt, void *dst,
                            size_t raw_size, const char *what);
 
 /* ---- pack.c ----------------------------------------------------------- */
 
 /* The pack (DESIGN.md 4.4): one immutable, self-describing file per adapter
- * version: "ACTLPACK", u32 format version, u32 zero, u64 header length H, H
- * bytes of JSON {"format": 1, "config": {...}, "tensors": [{"name", "dtype",
- * "shape", "codec", "offset", "stored", "raw", "sha256"}...]} padded with
- * spaces to a multiple of 8, then the frames (offsets from the end of the
- * header). Same adapter in, same bytes out. */
+ * version: "ACTLPACK", u32 format version, u32 low half of the XXH64 of the
+ * header bytes, u64 header length H, H bytes of compact sorted JSON
+ * {"config": {...}, "format": 1, "tensors": [{"codec", "dtype", "name",
+ * "offset", "raw", "sha256", "shape", "stored"}...]} padded with spaces to a
+ * multiple of 8, then the frames (offsets from the end of the header), back
+ * to back in name order. Layout in pack.c. Same adapter in, same bytes out
+ * (for one libzstd version). */
 #define ACTL_PACK_MAGIC "ACTLPACK"
 #define ACTL_PACK_FORMAT 1
-/* Writes a's pack into dir/objects as objects/<2 hex>/<64 hex>: into a
- * temporary file objects/tmp/pack.XXXXXX (fsynced), then renamed; when a pack
- * with those bytes exists, the temporary is dropped and the existing one
- * used. hex receives the digest, *stored the pack's size, *raw the tensors'
- * raw size. */
+/* Writes a's pack as objects_dir/<2 hex>/<64 hex>, built in memory: into a
+ * temporary file objects_dir/tmp/pack.XXXXXX (directories made as needed),
+ * fsynced, renamed, and the fanout directory fsynced. When a file of that
+ * name and size exists, nothing is written (its mtime is set to now) and it
+ * is shared. hex receives the digest, *stored the pack's size, *raw the
+ * tensors' raw size (both may be NULL). */
 int actl__pack_write(const actl_adapter *a, const char *objects_dir, char hex[65],
                      uint64_t *stored, uint64_t *raw);
 /* objects_dir/<2 hex>/<64 hex>, malloc'd. */
 char *actl__pack_path(const char *objects_dir, const char *hex);
-/* Reads a pack into a new adapter, checking every tensor's SHA-256 and, when
- * expect_hex is not NULL, the whole file's digest. ACTL_ECORRUPT naming the
- * pack and the tensor on a mismatch; ACTL_EFORMAT for a malformed pack. */
+/* Reads a pack into a new adapter (tensors owned by it), checking every
+ * tensor's SHA-256 and, when expect_hex is not NULL, the whole file's digest.
+ * ACTL_ECORRUPT naming the pack and the tensor on a mismatch (and for a
+ * header whose checksum fails); ACTL_EFORMAT for a malformed pack;
+ * ACTL_ENOTFOUND when the file is absent; ACTL_EINVAL for a malformed
+ * expect_hex. */
 int actl__pack_load(const char *path, const char *expect_hex, actl_adapter **out);
 /* Verifies a pack without building the adapter: file digest, header, every
- * frame and tensor hash. Problems go to fn; returns their count in *problems. */
+ * frame and tensor hash, going on past a damaged tensor. Each problem (an
+ * absent or unreadable file included) goes to fn (may be NULL) with a message
+ * naming the pack and the tensor; *problems gets their count. Returns ACTL_OK
+ * when the check ran, ACTL_ENOMEM / ACTL_EINVAL when it could not. */
 int actl__pack_verify(const char *path, const char *expect_hex, actl_problem_fn fn, void *ctx,
                       size_t *problems);
 
@@ -292,5 +312,18 @@ int actl__entries_new(actl_entries **out);
 /* Steps st to the end, appending one entry per row, then loads the tags of
  * the appended rows. */
 int actl__entries_append(actl_store *s, actl_entries *l, struct sqlite3_stmt *st);
+
+/* ---- adapter.c, peft.c: shared adapter helpers (owner: adapters) -------- */
+
+/* The largest adapter_config.json or config.json read (a config is small; a
+ * bigger file is a mistake or an attack). */
+#define ACTL_CONFIG_LIMIT (16u << 20)
+/* True when s ends with suffix (s equal to suffix included). */
+bool actl__ends_with(const char *s, const char *suffix);
+/* {"rank_pattern", "alpha_pattern", NULL}: the config keys whose objects keep their
+ * order when a config is dumped (actl__json_dump_keep), since PEFT takes the first
+ * matching pattern key. Whatever writes an adapter's config passes it (peft.c
+ * for adapter_config.json and actl_adapter_config). Defined in peft.c. */
+extern const char *const actl__peft_keep_order[];
 
 #endif /* ACTL_INTERNAL_H */

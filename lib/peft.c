@@ -3,16 +3,19 @@
  *
  * Reading: adapter_config.json (peft_type LORA, ROAD, BOTTLENECK or MOS) and
  * adapter_model.safetensors, whose keys are "base_model.model.<module><suffix>". Every key
- * must be a known suffix of the adapter's kind, a MoS pool, or belong to a modules_to_save
- * module; anything else is an error naming it.
- * Writing: the config as Python's json.dumps(indent=2, sort_keys=True) writes it, the
- * tensors sorted by key with metadata {"format": "pt"}, into a temporary directory that is
- * renamed into place. */
+ * must be a known suffix of the adapter's kind, a MoS pool, belong to a modules_to_save
+ * module, or be a trained base bias when the config's "bias" is not "none"; anything else
+ * is an error naming it.
+ * Writing: the config as Python's json.dumps(indent=2, sort_keys=True) writes it, except
+ * that rank_pattern and alpha_pattern keep their order (PEFT takes the first matching key),
+ * the tensors sorted by key with metadata {"format": "pt"}, into a temporary directory that
+ * is renamed into place. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "internal.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <libgen.h>
 #include <math.h>
 #include <pcre2.h>
@@ -25,7 +28,10 @@
 #define CONFIG_NAME "adapter_config.json"
 #define WEIGHTS_NAME "adapter_model.safetensors"
 #define PICKLE_NAME "adapter_model.bin"
-#define CONFIG_LIMIT (16u << 20)
+
+/* Config keys whose objects are dumped in insertion order, not sorted: PEFT tries
+ * rank_pattern and alpha_pattern keys first to last, so their order is meaning. */
+const char *const actl__peft_keep_order[] = {"rank_pattern", "alpha_pattern", NULL};
 
 /* ---- what a tensor key means ------------------------------------------- */
 
@@ -34,7 +40,9 @@ enum role {
     R_THETA, R_ALPHA,
     R_DOWN, R_UP, R_SCALING,
     R_INDEX_A, R_INDEX_B, R_POOL_A, R_POOL_B,
-    R_SAVE /* a modules_to_save tensor, kept as is */
+    /* Pass-through tensors: kept and exported as they are, attached to no module. */
+    R_SAVE,     /* a modules_to_save tensor */
+    R_BASE_BIAS /* a trained base bias, "<module>.bias" or "<module>.base_layer.bias" */
 };
 
 static const struct suffix {
@@ -192,9 +200,9 @@ static int cfg_int(const json_t *cfg, const char *key, int def, int min, const c
         *out = def;
         return ACTL_OK;
     }
-    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > INT32_MAX)
-        return actl__err(ACTL_EFORMAT, "'%s': key '%s' must be an integer >= %d", what, key,
-                         min);
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > INT_MAX)
+        return actl__err(ACTL_EFORMAT, "'%s': key '%s' must be an integer from %d to %d", what,
+                         key, min, INT_MAX);
     *out = (int)json_integer_value(v);
     return ACTL_OK;
 }
@@ -207,8 +215,9 @@ static int cfg_number(const json_t *cfg, const char *key, double def, const char
         *out = def;
         return ACTL_OK;
     }
-    if (!json_is_number(v))
-        return actl__err(ACTL_EFORMAT, "'%s': key '%s' must be a number", what, key);
+    /* jansson holds no NaN or Inf today; the scale math must not meet one either way. */
+    if (!json_is_number(v) || !isfinite(json_number_value(v)))
+        return actl__err(ACTL_EFORMAT, "'%s': key '%s' must be a finite number", what, key);
     *out = json_number_value(v);
     return ACTL_OK;
 }
@@ -249,6 +258,7 @@ typedef struct build {
     const char *cfg_what; /* names the config in messages */
     const char *st_what;  /* names the tensors in messages */
     json_t *save;         /* modules_to_save: an array of strings, or NULL */
+    bool base_bias;       /* "bias" is not "none": trained base biases come along */
     /* LoRA, MoS */
     int r;
     double lora_alpha;
@@ -303,6 +313,18 @@ static int parse_kind(build *b)
             ACTL_EFORMAT, "'%s': key 'modules_to_save' must hold strings", w);
         b->save = save;
     }
+    /* PEFT's LoRA ("all", "lora_only") and LLM-Adapters' bottleneck ("adapter_only") save
+     * the base biases they trained beside the adapter whenever "bias" is not "none". */
+    const char *bias = "none";
+    if ((rc = cfg_string(cfg, "bias", "none", w, &bias)))
+        return rc;
+    if (strcmp(bias, "all") == 0 || strcmp(bias, "lora_only") == 0 ||
+        strcmp(bias, "adapter_only") == 0)
+        b->base_bias = true;
+    else if (strcmp(bias, "none") != 0)
+        return actl__err(ACTL_EUNSUPPORTED,
+                         "'%s': key 'bias': '%s' is not none, all, lora_only or adapter_only", w,
+                         bias);
 
     switch (in->kind) {
     case ACTL_KIND_LORA:
@@ -316,13 +338,21 @@ static int parse_kind(build *b)
             (rc = patterns_compile(cfg, "rank_pattern", w, &b->rank_pat)) ||
             (rc = patterns_compile(cfg, "alpha_pattern", w, &b->alpha_pat)))
             return rc;
+        /* The same range as "r": a rank is an int, and a huge one would be cut when the
+         * module's rank is stored. */
         for (size_t i = 0; i < b->rank_pat.n; i++) {
             json_t *v = b->rank_pat.p[i].value;
-            if (!json_is_integer(v) || json_integer_value(v) < 1)
+            if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+                json_integer_value(v) > INT_MAX)
                 return actl__err(ACTL_EFORMAT,
-                                 "'%s': key 'rank_pattern': value of '%s' must be an integer >= 1",
-                                 w, b->rank_pat.p[i].key);
+                                 "'%s': key 'rank_pattern': value of '%s' must be an integer "
+                                 "from 1 to %d", w, b->rank_pat.p[i].key, INT_MAX);
         }
+        for (size_t i = 0; i < b->alpha_pat.n; i++)
+            if (!isfinite(json_number_value(b->alpha_pat.p[i].value)))
+                return actl__err(ACTL_EFORMAT,
+                                 "'%s': key 'alpha_pattern': value of '%s' must be a finite "
+                                 "number", w, b->alpha_pat.p[i].key);
         in->rank = b->r;
         in->alpha = b->lora_alpha;
         in->use_rslora = b->rslora;
@@ -425,10 +455,10 @@ static bool is_saved(const json_t *save, const char *rest)
     return false;
 }
 
-static bool ends_with(const char *s, size_t sl, const char *suf)
+/* s ends with suffix and has something before it (a module name). */
+static bool has_suffix(const char *s, const char *suffix)
 {
-    size_t n = strlen(suf);
-    return sl > n && memcmp(s + sl - n, suf, n) == 0;
+    return strlen(s) > strlen(suffix) && actl__ends_with(s, suffix);
 }
 
 /* Classifies one key into e (module name malloc'd). */
@@ -443,18 +473,19 @@ static int classify(const build *b, const actl_tensor *t, entry *e)
         goto unknown;
     const char *rest = key + pl;
     size_t rl = strlen(rest);
-    if (kind == ACTL_KIND_MOS && strncmp(rest, MOS_POOL_PREFIX, strlen(MOS_POOL_PREFIX)) == 0) {
-        bool pa = ends_with(rest, rl, ".pool_A"), pb = ends_with(rest, rl, ".pool_B");
+    /* "mos.<type>.pool_A|B" with a type free of dots */
+    if (kind == ACTL_KIND_MOS && strncmp(rest, MOS_POOL_PREFIX, strlen(MOS_POOL_PREFIX)) == 0 &&
+        rl > strlen(MOS_POOL_PREFIX) + strlen(".pool_A")) {
+        bool pa = actl__ends_with(rest, ".pool_A"), pb = actl__ends_with(rest, ".pool_B");
         size_t tl = rl - strlen(MOS_POOL_PREFIX) - strlen(".pool_A");
-        if ((pa || pb) && rl > strlen(MOS_POOL_PREFIX) + strlen(".pool_A") &&
-            !memchr(rest + strlen(MOS_POOL_PREFIX), '.', tl)) {
+        if ((pa || pb) && !memchr(rest + strlen(MOS_POOL_PREFIX), '.', tl)) {
             e->role = pa ? R_POOL_A : R_POOL_B;
             e->module = strndup(rest + strlen(MOS_POOL_PREFIX), tl);
             return e->module ? ACTL_OK : actl__oom();
         }
     }
     for (size_t i = 0; i < N_SUFFIXES; i++) {
-        if (suffixes[i].kind != kind || !ends_with(rest, rl, suffixes[i].suffix))
+        if (suffixes[i].kind != kind || !has_suffix(rest, suffixes[i].suffix))
             continue;
         e->role = suffixes[i].role;
         e->module = strndup(rest, rl - strlen(suffixes[i].suffix));
@@ -462,6 +493,15 @@ static int classify(const build *b, const actl_tensor *t, entry *e)
     }
     if (is_saved(b->save, rest)) {
         e->role = R_SAVE;
+        return ACTL_OK;
+    }
+    /* "<module>.bias", or "<module>.base_layer.bias" as newer PEFT names the wrapped layer */
+    if (has_suffix(rest, ".bias")) {
+        if (!b->base_bias)
+            return actl__err(ACTL_EFORMAT,
+                             "'%s': tensor '%s' looks like a trained base bias, but the "
+                             "config's bias is \"none\"", b->st_what, key);
+        e->role = R_BASE_BIAS;
         return ACTL_OK;
     }
 unknown:
@@ -502,6 +542,18 @@ static int need_ndim(const build *b, const actl_tensor *t, int ndim)
                      b->st_what, t->name, actl__shape_str(t, s, sizeof s), ndim);
 }
 
+/* Every dimension of an adapter tensor is a width or a rank: a 0 would let a module skip
+ * the base's shape checks with no bytes behind it. */
+static int need_nonzero(const build *b, const actl_tensor *t)
+{
+    char s[96];
+    for (int d = 0; d < t->ndim; d++)
+        if (t->shape[d] < 1)
+            return actl__err(ACTL_ESHAPE, "'%s': tensor '%s': shape %s has a zero dimension",
+                             b->st_what, t->name, actl__shape_str(t, s, sizeof s));
+    return ACTL_OK;
+}
+
 /* The missing tensor's key in a message. */
 static int missing(const build *b, const actl__module *m, const char *suffix)
 {
@@ -533,7 +585,8 @@ static int check_lora(build *b, actl__module *m)
     if (!m->lora_b)
         return missing(b, m, emb ? ".lora_embedding_B" : ".lora_B.weight");
     if ((rc = need_float(b, m->lora_a)) || (rc = need_float(b, m->lora_b)) ||
-        (rc = need_ndim(b, m->lora_a, 2)) || (rc = need_ndim(b, m->lora_b, 2)))
+        (rc = need_ndim(b, m->lora_a, 2)) || (rc = need_ndim(b, m->lora_b, 2)) ||
+        (rc = need_nonzero(b, m->lora_a)) || (rc = need_nonzero(b, m->lora_b)))
         return rc;
     if (m->lora_a->dtype != m->lora_b->dtype)
         return actl__err(ACTL_EFORMAT, "'%s': module '%s': A is %s but B is %s", b->st_what,
@@ -541,7 +594,7 @@ static int check_lora(build *b, actl__module *m)
                          actl_dtype_name(m->lora_b->dtype));
     /* A [r, in], B [out, r] (embedding: A [r, vocab], B [dim, r]) */
     int64_t r = m->lora_a->shape[0];
-    if (m->lora_b->shape[1] != r || r < 1)
+    if (m->lora_b->shape[1] != r)
         return actl__err(ACTL_ESHAPE,
                          "'%s': module '%s': rank mismatch: A %s has rank %lld, B %s has %lld",
                          b->st_what, mi->name, actl__shape_str(m->lora_a, s1, sizeof s1),
@@ -549,6 +602,8 @@ static int check_lora(build *b, actl__module *m)
                          (long long)m->lora_b->shape[1]);
     if ((rc = patterns_match(&b->rank_pat, mi->name, b->cfg_what, &hit)))
         return rc;
+    /* want is an int (parse_kind bounds r and rank_pattern), so r == want fits the cast
+     * to mi->rank below. */
     int64_t want = hit ? json_integer_value(hit->value) : b->r;
     if (r != want) {
         if (hit)
@@ -622,7 +677,8 @@ static int check_road(build *b, actl__module *m)
     if (!m->road_alpha)
         return missing(b, m, ".road_alpha");
     if ((rc = need_float(b, m->road_theta)) || (rc = need_float(b, m->road_alpha)) ||
-        (rc = need_ndim(b, m->road_theta, 1)) || (rc = need_ndim(b, m->road_alpha, 1)))
+        (rc = need_ndim(b, m->road_theta, 1)) || (rc = need_ndim(b, m->road_alpha, 1)) ||
+        (rc = need_nonzero(b, m->road_theta)) || (rc = need_nonzero(b, m->road_alpha)))
         return rc;
     int64_t len = m->road_theta->shape[0];
     if (m->road_alpha->shape[0] != len)
@@ -631,7 +687,7 @@ static int check_road(build *b, actl__module *m)
                          actl__shape_str(m->road_alpha, s2, sizeof s2));
     int64_t out = b->variant == ACTL_ROAD_1 ? 2 * len
                 : b->variant == ACTL_ROAD_2 ? len : len / 2;
-    if (len < 1 || (b->variant == ACTL_ROAD_4 && len % 2) || out % b->group)
+    if ((b->variant == ACTL_ROAD_4 && len % 2) || out % b->group)
         return actl__err(ACTL_ESHAPE,
                          "'%s': module '%s': road_theta length %lld (road_%d) does not give an "
                          "output width that is a multiple of group_size %d",
@@ -647,10 +703,10 @@ static int check_road(build *b, actl__module *m)
  * other module gets the input placement, the series adapter's usual default. */
 static actl_placement placement_of(const build *b, const char *module)
 {
-    size_t l = strlen(module);
     if (b->parallel)
         return ACTL_PLACE_PARALLEL;
-    if (ends_with(module, l, "down_proj") || strcmp(module, "down_proj") == 0)
+    /* a whole name component: "mlp.down_proj", not "mlp.xdown_proj" */
+    if (strcmp(module, "down_proj") == 0 || actl__ends_with(module, ".down_proj"))
         return ACTL_PLACE_OUTPUT;
     return ACTL_PLACE_INPUT;
 }
@@ -665,7 +721,8 @@ static int check_bottleneck(build *b, actl__module *m)
     if (!m->up)
         return missing(b, m, ".adapter_up.weight");
     if ((rc = need_float(b, m->down)) || (rc = need_float(b, m->up)) ||
-        (rc = need_ndim(b, m->down, 2)) || (rc = need_ndim(b, m->up, 2)))
+        (rc = need_ndim(b, m->down, 2)) || (rc = need_ndim(b, m->up, 2)) ||
+        (rc = need_nonzero(b, m->down)) || (rc = need_nonzero(b, m->up)))
         return rc;
     /* D [b, n], U [m, b] */
     int64_t bs = m->down->shape[0], n = m->down->shape[1], mm = m->up->shape[0];
@@ -677,9 +734,8 @@ static int check_bottleneck(build *b, actl__module *m)
                          "bottleneck_size %d in %s placement",
                          b->st_what, mi->name, actl__shape_str(m->down, s1, sizeof s1),
                          actl__shape_str(m->up, s2, sizeof s2), b->bsize,
-                         mi->placement == ACTL_PLACE_PARALLEL ? "parallel"
-                         : mi->placement == ACTL_PLACE_OUTPUT ? "output" : "input");
-    mi->rank = (int)bs;
+                         actl_placement_name(mi->placement));
+    mi->rank = b->bsize; /* == bs */
     /* INPUT: n = m = in; OUTPUT: n = m = out; PARALLEL: n = in, m = out. The other width is
      * the base's business and stays 0. */
     if (mi->placement == ACTL_PLACE_INPUT)
@@ -702,6 +758,9 @@ static int check_bottleneck(build *b, actl__module *m)
                              b->st_what, m->scaling->name,
                              actl__shape_str(m->scaling, s1, sizeof s1));
         mi->scale = actl__tensor_get_f64(m->scaling, 0);
+        if (!isfinite(mi->scale))
+            return actl__err(ACTL_EFORMAT, "'%s': tensor '%s': the learned scale is %s",
+                             b->st_what, m->scaling->name, isnan(mi->scale) ? "NaN" : "infinite");
         mi->flags |= ACTL_MOD_LEARNED_SCALE;
     } else if (m->scaling) {
         return unexpected(b, m->scaling, "the config's scaling is not \"learnable_scalar\"");
@@ -747,6 +806,17 @@ static int check_mos(build *b, actl__module *m, const entry *pools, size_t npool
                          actl_dtype_name(m->pool_b->dtype));
     const actl_tensor *idx[2] = {m->index_a, m->index_b};
     const actl_tensor *pool[2] = {m->pool_a, m->pool_b};
+    /* The pools first: their widths times l are the module's in and out, and a pool with
+     * 0 rows holds no bytes whatever its width, so the product is checked before anything
+     * is read or sized from it. */
+    for (int k = 0; k < 2; k++)
+        if (pool[k]->shape[1] > INT64_MAX / l)
+            return actl__err(ACTL_ELIMIT,
+                             "'%s': tensor '%s': width %lld x mos_shards %lld does not fit in "
+                             "64 bits", b->st_what, pool[k]->name,
+                             (long long)pool[k]->shape[1], (long long)l);
+    if ((rc = need_nonzero(b, m->pool_a)) || (rc = need_nonzero(b, m->pool_b)))
+        return rc;
     for (int k = 0; k < 2; k++) {
         const actl_tensor *t = idx[k];
         if (t->dtype != ACTL_I32)
@@ -770,9 +840,6 @@ static int check_mos(build *b, actl__module *m, const entry *pools, size_t npool
                                  pool[k]->name, (long long)rows);
         }
     }
-    if (m->pool_a->shape[1] < 1 || m->pool_b->shape[1] < 1)
-        return actl__err(ACTL_ESHAPE, "'%s': module type '%s': pools have no columns",
-                         b->st_what, type);
     mi->rank = b->r;
     mi->alpha = b->lora_alpha;
     mi->scale = b->lora_alpha / b->r; /* then a LoRA with scale alpha/r (DESIGN.md 3.4) */
@@ -865,7 +932,11 @@ int actl__adapter_build(json_t *config, const actl_tensor **tensors, size_t n,
         entry e;
         if ((rc = classify(&b, t, &e)))
             goto out;
-        if (e.role == R_SAVE)
+        if (e.role == R_BASE_BIAS &&
+            ((rc = need_float(&b, t)) || (rc = need_ndim(&b, t, 1)) ||
+             (rc = need_nonzero(&b, t))))
+            goto out;
+        if (e.role == R_SAVE || e.role == R_BASE_BIAS)
             continue;
         if (e.role == R_POOL_A || e.role == R_POOL_B)
             pools[npools++] = e;
@@ -912,9 +983,21 @@ int actl__adapter_build(json_t *config, const actl_tensor **tensors, size_t n,
     }
     if (rc)
         goto out;
+    /* Every tensor is a module's or passes through (R_SAVE, R_BASE_BIAS); materialize relies
+     * on it to tell them apart. A pool no module uses would be neither. */
+    for (size_t i = 0; i < npools; i++) {
+        bool used = false;
+        for (size_t k = 0; k < a->n_modules && !used; k++)
+            used = a->modules[k].pool_a == pools[i].t || a->modules[k].pool_b == pools[i].t;
+        if (!used) {
+            rc = actl__err(ACTL_EFORMAT, "'%s': pool tensor '%s' is used by no module",
+                           st_what, pools[i].t->name);
+            goto out;
+        }
+    }
     a->info.module_count = a->n_modules;
     a->info.tensor_count = n;
-    if (!(a->config_compact = actl__json_dump(config, -1))) {
+    if (!(a->config_compact = actl__json_dump_keep(config, -1, actl__peft_keep_order))) {
         rc = actl__oom();
         goto out;
     }
@@ -967,7 +1050,7 @@ int actl_adapter_load(const char *dir, actl_adapter **out)
                        "metadata={\"format\": \"pt\"})", bin_path);
         goto out;
     }
-    if ((rc = actl__read_file(cfg_path, CONFIG_LIMIT, &text, &len)) ||
+    if ((rc = actl__read_file(cfg_path, ACTL_CONFIG_LIMIT, &text, &len)) ||
         (rc = actl__json_parse(text, len, cfg_path, &config)))
         goto out;
     if (!actl__exists(st_path)) {
@@ -1121,12 +1204,13 @@ int actl_adapter_save(const actl_adapter *a, const char *dir)
     (void)chmod(tmp, 0777 & ~um);
     if (!(cfg_path = actl__path_join(tmp, CONFIG_NAME)) ||
         !(st_path = actl__path_join(tmp, WEIGHTS_NAME)) ||
-        !(text = actl__json_dump(a->config, 2))) {
+        !(text = actl__json_dump_keep(a->config, 2, actl__peft_keep_order))) {
         rc = actl__oom();
         goto out;
     }
-    /* PEFT writes json.dumps(indent=2, sort_keys=True) with no trailing newline. Both
-     * writers fsync their file and the temporary directory. */
+    /* PEFT writes json.dumps(indent=2, sort_keys=True) with no trailing newline; the pattern
+     * objects keep their order (actl__peft_keep_order). Both writers fsync their file and the
+     * temporary directory. */
     if ((rc = actl__write_atomic(cfg_path, write_text, text)) ||
         (rc = actl_st_write(st_path, a->tensors, a->n_tensors, meta)))
         goto out;

@@ -607,7 +607,8 @@ int actl_st_write(const char *path, const actl_tensor *const *given, size_t n,
         rc = actl__oom();
         goto out;
     }
-    memcpy(tensors, given, n * sizeof *tensors);
+    if (n)
+        memcpy(tensors, given, n * sizeof *tensors);
     qsort(tensors, n, sizeof *tensors, cmp_layout);
     if (metadata) {
         json_t *meta = json_object();

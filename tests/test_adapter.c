@@ -312,6 +312,25 @@ static char *slurp(const char *path)
     return s;
 }
 
+/* json_equal ignores key order, but in rank_pattern and alpha_pattern the order decides
+ * which key wins: compare it key by key. */
+static void assert_same_pattern_order(const json_t *ca, const json_t *cb)
+{
+    static const char *const keys[] = {"rank_pattern", "alpha_pattern"};
+    for (int k = 0; k < 2; k++) {
+        json_t *x = json_object_get(ca, keys[k]), *y = json_object_get(cb, keys[k]);
+        if (!json_is_object(x) || !json_is_object(y)) {
+            assert_true(json_equal(x, y) || (!x && !y));
+            continue;
+        }
+        void *ix = json_object_iter(x), *iy = json_object_iter(y);
+        for (; ix && iy; ix = json_object_iter_next(x, ix), iy = json_object_iter_next(y, iy))
+            assert_string_equal(json_object_iter_key(ix), json_object_iter_key(iy));
+        assert_null(ix);
+        assert_null(iy);
+    }
+}
+
 static void assert_same_adapter(const actl_adapter *a, const actl_adapter *b)
 {
     assert_int_equal(actl_adapter_tensor_count(a), actl_adapter_tensor_count(b));
@@ -329,6 +348,7 @@ static void assert_same_adapter(const actl_adapter *a, const actl_adapter *b)
     json_t *cb = json_loads(actl_adapter_config(b), 0, NULL);
     assert_non_null(ca);
     assert_true(json_equal(ca, cb));
+    assert_same_pattern_order(ca, cb);
     json_decref(ca);
     json_decref(cb);
     assert_int_equal(actl_adapter_module_count(a), actl_adapter_module_count(b));
@@ -430,9 +450,13 @@ static void test_roundtrip__unknown_key_and_modules_to_save_survive(void **state
 }
 
 /* What Python's json.dumps(cfg, indent=2, sort_keys=True) writes for this config,
- * checked once with CPython 3.11. */
+ * checked with CPython 3.11 (again after alpha_pattern was added). */
 static const char python_text[] =
     "{\n"
+    "  \"alpha_pattern\": {\n"
+    "    \"k_proj\": 4,\n"
+    "    \"q_proj\": 32.0\n"
+    "  },\n"
     "  \"eps\": 1e-05,\n"
     "  \"lora_alpha\": 16,\n"
     "  \"lora_dropout\": 0.05,\n"
@@ -453,6 +477,7 @@ static void test_export__config_text_is_what_python_writes(void **state)
 {
     (void)state;
     const char *cfg = "{\"zeta\": {\"b\": null, \"a\": []}, \"peft_type\": \"LORA\", \"r\": 2,"
+                      " \"alpha_pattern\": {\"k_proj\": 4, \"q_proj\": 32.0},"
                       " \"lora_alpha\": 16, \"lora_dropout\": 0.05, \"eps\": 1e-5,"
                       " \"scale\": 16.0, \"note\": \"caf\xc3\xa9 \xe2\x9c\x93 \xf0\x9f\x98\x80\","
                       " \"target_modules\": [\"q_proj\"]}";
@@ -488,9 +513,154 @@ static void test_export__config_text_is_what_python_writes(void **state)
     actl_st_close(st);
 
     /* the compact config of the adapter: sorted, no spaces */
-    assert_non_null(strstr(actl_adapter_config(a), "{\"eps\":1e-05,\"lora_alpha\":16,"));
+    assert_non_null(strstr(actl_adapter_config(a), "\"eps\":1e-05,\"lora_alpha\":16,"));
+    /* the pattern's alpha 32 (not lora_alpha 16) over r 2 */
+    actl_module_info mi;
+    assert_ok(actl_adapter_module(a, 0, &mi));
+    NEAR(mi.scale, 16);
     assert_no_temp_left(tmp);
     actl_adapter_free(a);
+    test_rmtree(tmp);
+    free(tmp);
+}
+
+/* PEFT tries rank_pattern and alpha_pattern keys in their order and takes the first match,
+ * so export keeps that order (the rest of the file stays sorted). Here the first key of
+ * each pattern is not the first in sorted order:
+ *   q_proj: r 2 (no rank key matches), alpha "self_attn\.q_proj" 16 first: s = 16/2 = 8
+ *           (sorted, "q_proj" 4 would win: s = 2)
+ *   v_proj: rank "v_proj" 3 first (sorted, "self_attn\.v_proj" 2 would win and A [3, 16]
+ *           would no longer fit); alpha: none matches, lora_alpha 8: s = 8/3 */
+static const char unsorted_cfg[] =
+    "{\"rank_pattern\": {\"v_proj\": 3, \"self_attn\\\\.v_proj\": 2}, \"r\": 2,"
+    " \"peft_type\": \"LORA\", \"lora_alpha\": 8,"
+    " \"alpha_pattern\": {\"self_attn\\\\.q_proj\": 16, \"q_proj\": 4}}";
+static const char unsorted_text[] =
+    "{\n"
+    "  \"alpha_pattern\": {\n"
+    "    \"self_attn\\\\.q_proj\": 16,\n"
+    "    \"q_proj\": 4\n"
+    "  },\n"
+    "  \"lora_alpha\": 8,\n"
+    "  \"peft_type\": \"LORA\",\n"
+    "  \"r\": 2,\n"
+    "  \"rank_pattern\": {\n"
+    "    \"v_proj\": 3,\n"
+    "    \"self_attn\\\\.v_proj\": 2\n"
+    "  }\n"
+    "}";
+static const char unsorted_compact[] =
+    "{\"alpha_pattern\":{\"self_attn\\\\.q_proj\":16,\"q_proj\":4},\"lora_alpha\":8,"
+    "\"peft_type\":\"LORA\",\"r\":2,\"rank_pattern\":{\"v_proj\":3,\"self_attn\\\\.v_proj\":2}}";
+
+static void assert_unsorted_scales(const actl_adapter *a)
+{
+    actl_module_info q = module_named(a, "model.layers.0.self_attn.q_proj");
+    actl_module_info v = module_named(a, "model.layers.0.self_attn.v_proj");
+    assert_int_equal(q.rank, 2);
+    NEAR(q.alpha, 16);
+    NEAR(q.scale, 8);
+    assert_int_equal(v.rank, 3);
+    NEAR(v.alpha, 8);
+    NEAR(v.scale, 8.0 / 3.0);
+}
+
+static void test_roundtrip__unsorted_patterns_keep_their_order(void **state)
+{
+    (void)state;
+    const int64_t sqa[2] = {2, 16}, sqb[2] = {16, 2}, sva[2] = {3, 16}, svb[2] = {16, 3};
+    actl_tensor *t[4];
+    actl_adapter *a = NULL, *b = NULL, *c = NULL;
+    assert_ok(actl_tensor_new("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+                              ACTL_F32, 2, sqa, NULL, &t[0]));
+    assert_ok(actl_tensor_new("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+                              ACTL_F32, 2, sqb, NULL, &t[1]));
+    assert_ok(actl_tensor_new("base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight",
+                              ACTL_F32, 2, sva, NULL, &t[2]));
+    assert_ok(actl_tensor_new("base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight",
+                              ACTL_F32, 2, svb, NULL, &t[3]));
+    assert_ok(actl_adapter_new(unsorted_cfg, (const actl_tensor *const *)t, 4, "unsorted", &a));
+    for (int i = 0; i < 4; i++)
+        actl_tensor_free(t[i]);
+    assert_unsorted_scales(a);
+    assert_string_equal(actl_adapter_config(a), unsorted_compact);
+
+    char *tmp = test_tmpdir(), out[4200];
+    snprintf(out, sizeof out, "%s/u", tmp);
+    assert_ok(actl_adapter_save(a, out));
+    assert_ok(actl_adapter_load(out, &b));
+    assert_unsorted_scales(b);
+    assert_same_adapter(a, b);
+    snprintf(out, sizeof out, "%s/u/adapter_config.json", tmp);
+    char *text = slurp(out);
+    assert_string_equal(text, unsorted_text);
+    free(text);
+    /* and through the compact config, as a store keeps it */
+    const actl_tensor *ts[4];
+    for (size_t i = 0; i < 4; i++)
+        ts[i] = actl_adapter_tensor(b, i);
+    assert_ok(actl_adapter_new(actl_adapter_config(b), ts, 4, "again", &c));
+    assert_unsorted_scales(c);
+    assert_same_adapter(a, c);
+    actl_adapter_free(a);
+    actl_adapter_free(b);
+    actl_adapter_free(c);
+    test_rmtree(tmp);
+    free(tmp);
+}
+
+/* bias "all": PEFT's trained base biases ride along unchanged, counted in the totals, in
+ * no module. */
+static void test_roundtrip__base_biases_pass_through(void **state)
+{
+    (void)state;
+    const int64_t sa[2] = {4, 16}, sb[2] = {16, 4}, sv = 16;
+    float bias[16];
+    uint16_t hbias[16];
+    for (int i = 0; i < 16; i++)
+        bias[i] = 0.25f * (float)i - 1.0f;
+    actl_f32_to_bf16(bias, hbias, 16);
+    actl_tensor *t[4];
+    actl_adapter *a = NULL, *b = NULL;
+    assert_ok(actl_tensor_new("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+                              ACTL_F32, 2, sa, NULL, &t[0]));
+    assert_ok(actl_tensor_new("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+                              ACTL_F32, 2, sb, NULL, &t[1]));
+    assert_ok(actl_tensor_new("base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias",
+                              ACTL_F32, 1, &sv, bias, &t[2]));
+    assert_ok(actl_tensor_new("base_model.model.model.layers.0.mlp.down_proj.bias", ACTL_BF16,
+                              1, &sv, hbias, &t[3]));
+    assert_ok(actl_adapter_new("{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8,"
+                               " \"bias\": \"all\"}",
+                               (const actl_tensor *const *)t, 4, "bias", &a));
+    for (int i = 0; i < 4; i++)
+        actl_tensor_free(t[i]);
+    actl_adapter_info info;
+    actl_adapter_info_get(a, &info);
+    assert_int_equal(info.module_count, 1);
+    assert_int_equal(info.tensor_count, 4);
+    assert_int_equal(info.params, 64 + 64 + 16 + 16);
+    assert_int_equal(info.bytes, 4 * (64 + 64 + 16) + 2 * 16);
+    actl_module_info mi = module_named(a, "model.layers.0.self_attn.q_proj");
+    assert_int_equal(mi.params, 128); /* its own A and B only */
+    assert_int_equal(mi.flags, 0);
+
+    char *tmp = test_tmpdir(), out[4200];
+    snprintf(out, sizeof out, "%s/b", tmp);
+    assert_ok(actl_adapter_save(a, out));
+    assert_ok(actl_adapter_load(out, &b));
+    assert_same_adapter(a, b);
+    const actl_tensor *x =
+        actl_adapter_find(b, "base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias");
+    const actl_tensor *y =
+        actl_adapter_find(b, "base_model.model.model.layers.0.mlp.down_proj.bias");
+    assert_non_null(x);
+    assert_non_null(y);
+    assert_memory_equal(actl_tensor_data(x), bias, sizeof bias);
+    assert_int_equal(actl_tensor_dtype(y), ACTL_BF16);
+    assert_memory_equal(actl_tensor_data(y), hbias, sizeof hbias);
+    actl_adapter_free(a);
+    actl_adapter_free(b);
     test_rmtree(tmp);
     free(tmp);
 }
@@ -609,6 +779,87 @@ static void test_mos__materialize_hand_built(void **state)
     assert_memory_equal(got, want_a, sizeof want_a);
     actl_adapter_free(l);
     actl_adapter_free(m);
+}
+
+/* What passes through a MoS adapter (a modules_to_save tensor, even one whose name holds
+ * ".mos_index_"; a trained base bias) passes through materialize too, and the LoRA's config
+ * keeps the "bias" that makes the bias a valid key. */
+static void test_mos__materialize_keeps_pass_through_tensors(void **state)
+{
+    (void)state;
+    const char *cfg = "{\"peft_type\": \"MOS\", \"r\": 2, \"lora_alpha\": 6, \"mos_shards\": 2,"
+                      " \"modules_to_save\": [\"score\"], \"bias\": \"all\"}";
+    const int64_t sp[2] = {3, 2}, si = 4, ss[2] = {2, 4}, sv = 4;
+    const float score[8] = {1, 2, 3, 4, 5, 6, 7, 8}, bias[4] = {0.5f, -0.5f, 1.5f, -1.5f};
+    actl_tensor *t[6];
+    actl_adapter *m = NULL, *l = NULL;
+    assert_ok(actl_tensor_new("base_model.model.mos.q_proj.pool_A", ACTL_F32, 2, sp, pool_a,
+                              &t[0]));
+    assert_ok(actl_tensor_new("base_model.model.mos.q_proj.pool_B", ACTL_F32, 2, sp, pool_b,
+                              &t[1]));
+    assert_ok(actl_tensor_new("base_model.model.l.q_proj.mos_index_A", ACTL_I32, 1, &si, idx_a,
+                              &t[2]));
+    assert_ok(actl_tensor_new("base_model.model.l.q_proj.mos_index_B", ACTL_I32, 1, &si, idx_b,
+                              &t[3]));
+    assert_ok(actl_tensor_new("base_model.model.score.mos_index_A.weight", ACTL_F32, 2, ss, score,
+                              &t[4]));
+    assert_ok(actl_tensor_new("base_model.model.l.q_proj.base_layer.bias", ACTL_F32, 1, &sv, bias,
+                              &t[5]));
+    assert_ok(actl_adapter_new(cfg, (const actl_tensor *const *)t, 6, "pass", &m));
+    for (int i = 0; i < 6; i++)
+        actl_tensor_free(t[i]);
+    assert_ok(actl_adapter_materialize(m, &l));
+    assert_int_equal(actl_adapter_tensor_count(l), 4);
+    const actl_tensor *x = actl_adapter_find(l, "base_model.model.score.mos_index_A.weight");
+    const actl_tensor *y = actl_adapter_find(l, "base_model.model.l.q_proj.base_layer.bias");
+    assert_non_null(x);
+    assert_non_null(y);
+    assert_memory_equal(actl_tensor_data(x), score, sizeof score);
+    assert_memory_equal(actl_tensor_data(y), bias, sizeof bias);
+    assert_non_null(actl_adapter_find(l, "base_model.model.l.q_proj.lora_A.weight"));
+    assert_null(actl_adapter_find(l, "base_model.model.mos.q_proj.pool_A"));
+    assert_null(actl_adapter_find(l, "base_model.model.l.q_proj.mos_index_A"));
+    json_t *c = json_loads(actl_adapter_config(l), 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(c, "bias")), "all");
+    json_decref(c);
+    actl_adapter_free(l);
+    actl_adapter_free(m);
+}
+
+/* actl__mos_gather sizes A [r, w_A * l] and B [w_B * l, r]: a module from anywhere but the
+ * build (which refuses it) must not overflow the product. Pools of 0 rows hold no bytes. */
+static void test_mos__gather_refuses_overflowing_widths(void **state)
+{
+    (void)state;
+    const int64_t spa[2] = {0, INT64_MAX}, spb[2] = {0, 1}, si = 2;
+    const int32_t idx[2] = {0, 0};
+    actl_tensor *pa, *pb, *ia, *ib, *A = NULL, *B = NULL;
+    assert_ok(actl_tensor_new("pa", ACTL_F32, 2, spa, NULL, &pa));
+    assert_ok(actl_tensor_new("pb", ACTL_F32, 2, spb, NULL, &pb));
+    assert_ok(actl_tensor_new("ia", ACTL_I32, 1, &si, idx, &ia));
+    assert_ok(actl_tensor_new("ib", ACTL_I32, 1, &si, idx, &ib));
+    actl__module m = {0};
+    m.info.name = "x.q_proj";
+    m.info.rank = 1;
+    m.pool_a = pa;
+    m.pool_b = pb;
+    m.index_a = ia;
+    m.index_b = ib;
+    actl_adapter a = {0};
+    a.info.kind = ACTL_KIND_MOS;
+    a.info.shards = 2;
+    a.origin = (char *)"hand";
+    a.modules = &m;
+    a.n_modules = 1;
+    assert_err(actl__mos_gather(&a, &m, "A", "B", &A, &B), ACTL_ELIMIT,
+               "'hand': module 'x.q_proj': pool widths 9223372036854775807 and 1 x mos_shards 2 "
+               "do not fit in 64 bits");
+    assert_null(A);
+    assert_null(B);
+    actl_tensor_free(pa);
+    actl_tensor_free(pb);
+    actl_tensor_free(ia);
+    actl_tensor_free(ib);
 }
 
 static void test_mos__materialize_fixture_validates(void **state)
@@ -752,6 +1003,130 @@ static void test_base__errors(void **state)
     assert_err(actl_base_load(tmp, &b), ACTL_EFORMAT, "intermediate_size");
     test_rmtree(tmp);
     free(tmp);
+}
+
+/* config.json alone decides how many modules a base lists (7 per layer) and how wide they
+ * are: a hostile one must not make it allocate millions of them. */
+static void test_base__config_sizes_are_bounded(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *extra, *words;
+    } bad[] = {
+        {"\"num_hidden_layers\": 65537",
+         "key 'num_hidden_layers' must be an integer from 1 to 65536"},
+        {"\"num_hidden_layers\": 1000000000", "key 'num_hidden_layers'"},
+        {"\"num_hidden_layers\": 0", "key 'num_hidden_layers'"},
+        {"\"num_attention_heads\": 65537",
+         "key 'num_attention_heads' must be an integer from 1 to 65536"},
+        {"\"num_key_value_heads\": 70000", "key 'num_key_value_heads'"},
+        {"\"hidden_size\": 1073741825",
+         "key 'hidden_size' must be an integer from 1 to 1073741824"},
+        {"\"vocab_size\": 4294967296", "key 'vocab_size'"},
+        {"\"num_attention_heads\": 65536, \"head_dim\": 65536",
+         "num_attention_heads 65536 x head_dim 65536 is more than 1073741824"},
+        {"\"num_key_value_heads\": 32768, \"head_dim\": 65536",
+         "num_key_value_heads 32768 x head_dim"},
+    };
+    char *tmp = test_tmpdir(), path[4200];
+    snprintf(path, sizeof path, "%s/config.json", tmp);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        /* later keys override: the bad one comes last, so defaults are otherwise sane */
+        FILE *f = fopen(path, "w");
+        json_t *cfg = json_loads("{\"hidden_size\": 16, \"intermediate_size\": 32,"
+                                 " \"num_hidden_layers\": 1, \"num_attention_heads\": 2,"
+                                 " \"vocab_size\": 10}", 0, NULL);
+        char obj[256];
+        snprintf(obj, sizeof obj, "{%s}", bad[i].extra);
+        json_t *over = json_loads(obj, 0, NULL);
+        assert_non_null(over);
+        assert_int_equal(json_object_update(cfg, over), 0);
+        assert_int_equal(json_dumpf(cfg, f, 0), 0);
+        fclose(f);
+        json_decref(over);
+        json_decref(cfg);
+        actl_base *b = NULL;
+        assert_err(actl_base_load(path, &b), ACTL_EFORMAT, bad[i].words);
+        assert_non_null(strstr(actl_errmsg(), "config.json"));
+        assert_null(b);
+    }
+    /* the limit itself is fine */
+    FILE *f = fopen(path, "w");
+    fputs("{\"hidden_size\": 16, \"intermediate_size\": 32, \"num_hidden_layers\": 65536,"
+          " \"num_attention_heads\": 2, \"vocab_size\": 10}", f);
+    fclose(f);
+    actl_base *b = NULL;
+    assert_ok(actl_base_load(path, &b));
+    assert_int_equal(actl_base_module_count(b), 2 + 7 * 65536);
+    assert_ok(actl_base_find(b, "model.layers.65535.mlp.down_proj", NULL, NULL));
+    actl_base_free(b);
+    test_rmtree(tmp);
+    free(tmp);
+}
+
+/* ---- internals -------------------------------------------------------------------------- */
+
+static void test_internal__module_find_and_ends_with(void **state)
+{
+    (void)state;
+    actl_adapter *a = load_fx("hf-tiny", "lora");
+    const actl__module *m = actl__adapter_module_find(a, "model.layers.1.self_attn.v_proj");
+    assert_non_null(m);
+    assert_string_equal(m->info.name, "model.layers.1.self_attn.v_proj");
+    assert_non_null(m->lora_a);
+    assert_string_equal(actl_tensor_name(m->lora_a),
+                        "base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight");
+    assert_ptr_equal(actl__adapter_module_find(a, "model.layers.0.self_attn.q_proj"),
+                     &a->modules[0]);
+    assert_null(actl__adapter_module_find(a, "model.layers.1.self_attn"));
+    assert_null(actl__adapter_module_find(a, "model.layers.1.self_attn.v_proj.lora_A"));
+    assert_null(actl__adapter_module_find(a, ""));
+    assert_null(actl__adapter_module_find(a, NULL));
+    assert_null(actl__adapter_module_find(NULL, "x"));
+    actl_adapter_free(a);
+
+    assert_true(actl__ends_with("mlp.down_proj", ".down_proj"));
+    assert_true(actl__ends_with("down_proj", "down_proj"));
+    assert_true(actl__ends_with("x", ""));
+    assert_false(actl__ends_with("mlp.xdown_proj", ".down_proj"));
+    assert_false(actl__ends_with("proj", "down_proj"));
+}
+
+/* The LLaMA placement map matches whole name components: "xdown_proj" is not down_proj. */
+static void test_import__bottleneck_placement_by_component(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *module;
+        actl_placement want;
+    } cases[] = {
+        {"model.layers.0.mlp.down_proj", ACTL_PLACE_OUTPUT},
+        {"down_proj", ACTL_PLACE_OUTPUT},
+        {"model.layers.0.mlp.xdown_proj", ACTL_PLACE_INPUT},
+        {"model.layers.0.mlp.down_proj_x", ACTL_PLACE_INPUT},
+    };
+    const int64_t sd[2] = {4, 16}, su[2] = {16, 4};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char kd[256], ku[256];
+        actl_tensor *t[2];
+        actl_adapter *a = NULL;
+        snprintf(kd, sizeof kd, "base_model.model.%s.adapter_down.weight", cases[i].module);
+        snprintf(ku, sizeof ku, "base_model.model.%s.adapter_up.weight", cases[i].module);
+        assert_ok(actl_tensor_new(kd, ACTL_F32, 2, sd, NULL, &t[0]));
+        assert_ok(actl_tensor_new(ku, ACTL_F32, 2, su, NULL, &t[1]));
+        assert_ok(actl_adapter_new("{\"peft_type\": \"BOTTLENECK\", \"bottleneck_size\": 4}",
+                                   (const actl_tensor *const *)t, 2, "p", &a));
+        actl_module_info mi = module_named(a, cases[i].module);
+        if (mi.placement != cases[i].want)
+            fail_msg("%s: placement %s, expected %s", cases[i].module,
+                     actl_placement_name(mi.placement), actl_placement_name(cases[i].want));
+        /* input placement implies in (16), output placement out (16) */
+        assert_int_equal(cases[i].want == ACTL_PLACE_INPUT ? mi.in_features : mi.out_features,
+                         16);
+        actl_tensor_free(t[0]);
+        actl_tensor_free(t[1]);
+        actl_adapter_free(a);
+    }
 }
 
 /* ---- validation ---------------------------------------------------------------------- */
@@ -968,17 +1343,24 @@ int main(void)
         cmocka_unit_test(test_import__pattern_scales_by_hand),
         cmocka_unit_test(test_import__options),
         cmocka_unit_test(test_import__road_bottleneck_mos_facts),
+        cmocka_unit_test(test_import__bottleneck_placement_by_component),
         cmocka_unit_test(test_kind_name),
         cmocka_unit_test(test_roundtrip__every_fixture_exact),
         cmocka_unit_test(test_roundtrip__unknown_key_and_modules_to_save_survive),
+        cmocka_unit_test(test_roundtrip__unsorted_patterns_keep_their_order),
+        cmocka_unit_test(test_roundtrip__base_biases_pass_through),
         cmocka_unit_test(test_export__config_text_is_what_python_writes),
         cmocka_unit_test(test_export__refuses_a_non_empty_destination),
         cmocka_unit_test(test_mos__materialize_hand_built),
+        cmocka_unit_test(test_mos__materialize_keeps_pass_through_tensors),
+        cmocka_unit_test(test_mos__gather_refuses_overflowing_widths),
         cmocka_unit_test(test_mos__materialize_fixture_validates),
         cmocka_unit_test(test_base__tiny_shapes_by_hand),
         cmocka_unit_test(test_base__config_only_equals_weights),
         cmocka_unit_test(test_base__hf_tiny_config_equals_weights),
         cmocka_unit_test(test_base__errors),
+        cmocka_unit_test(test_base__config_sizes_are_bounded),
+        cmocka_unit_test(test_internal__module_find_and_ends_with),
         cmocka_unit_test(test_validate__base_tiny_fixtures_fit),
         cmocka_unit_test(test_validate__hf_tiny_fixtures_fit_the_real_checkpoint),
         cmocka_unit_test(test_validate__hf_tiny_fixtures_do_not_fit_base_tiny),

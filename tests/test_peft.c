@@ -2,10 +2,15 @@
  * the code and the words that name the file, key or tensor at fault. */
 #include "testutil.h"
 
+#include <math.h>
 #include <sys/stat.h>
 
 #define P "base_model.model."
 #define Q0 P "model.layers.0.self_attn.q_proj"
+#define V0 P "model.layers.0.self_attn.v_proj"
+#define G0 P "model.layers.0.mlp.gate_proj"
+#define D0 P "model.layers.0.mlp.down_proj"
+#define BN_CFG "{\"peft_type\": \"BOTTLENECK\", \"bottleneck_size\": 4"
 #define ADAPTERS FIXTURES "/adapters"
 
 /* A small set of tensors to build adapters from. */
@@ -19,6 +24,20 @@ static void add(tset *s, const char *name, actl_dtype dt, int64_t d0, int64_t d1
     int64_t shape[2] = {d0, d1};
     assert_true(s->n < 16);
     assert_ok(actl_tensor_new(name, dt, d1 ? 2 : 1, shape, NULL, &s->t[s->n++]));
+}
+
+/* Always 2-D, so a dimension may be 0. */
+static void add2(tset *s, const char *name, actl_dtype dt, int64_t d0, int64_t d1)
+{
+    int64_t shape[2] = {d0, d1};
+    assert_true(s->n < 16);
+    assert_ok(actl_tensor_new(name, dt, 2, shape, NULL, &s->t[s->n++]));
+}
+
+static void add_f32(tset *s, const char *name, int64_t n, const float *v)
+{
+    assert_true(s->n < 16);
+    assert_ok(actl_tensor_new(name, ACTL_F32, 1, &n, v, &s->t[s->n++]));
 }
 
 static void add_i32(tset *s, const char *name, int64_t n, const int32_t *v)
@@ -141,6 +160,51 @@ static void test_config__invalid_regex_in_a_pattern(void **state)
                "key 'alpha_pattern': pattern '[k'");
 }
 
+/* A rank is an int: r and rank_pattern values beyond INT_MAX are refused in the config,
+ * before a tensor of that rank (here 0 bytes: its other side is 0 wide) is looked at. */
+static void test_config__ranks_beyond_int_range(void **state)
+{
+    (void)state;
+    tset s = {0};
+    add2(&s, Q0 ".lora_A.weight", ACTL_F32, 4294967300LL, 0);
+    add2(&s, Q0 ".lora_B.weight", ACTL_F32, 0, 4294967300LL);
+    assert_err(make(LORA_CFG ", \"rank_pattern\": {\"q_proj\": 4294967300}}", &s), ACTL_EFORMAT,
+               "key 'rank_pattern': value of 'q_proj' must be an integer from 1 to 2147483647");
+    add_lora(&s, Q0);
+    assert_err(make(LORA_CFG ", \"rank_pattern\": {\"q_proj\": 0}}", &s), ACTL_EFORMAT,
+               "value of 'q_proj' must be an integer from 1");
+    add_lora(&s, Q0);
+    assert_err(make("{\"peft_type\": \"LORA\", \"r\": 2147483648}", &s), ACTL_EFORMAT,
+               "key 'r' must be an integer from 1 to 2147483647");
+    add_lora(&s, Q0);
+    assert_err(make("{\"peft_type\": \"LORA\", \"r\": 0}", &s), ACTL_EFORMAT, "key 'r'");
+}
+
+/* jansson holds no NaN or Inf, so a non-finite lora_alpha, alpha_pattern value or scaling
+ * cannot reach the scale math: Python's NaN/Infinity words and overflowing literals are
+ * invalid JSON. (peft.c checks isfinite as well, for any other road in.) */
+static void test_config__non_finite_numbers_are_refused(void **state)
+{
+    (void)state;
+    static const char *const cfgs[] = {
+        "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": NaN}",
+        "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 1e999}",
+        "{\"peft_type\": \"LORA\", \"r\": 4, \"alpha_pattern\": {\"q_proj\": Infinity}}",
+        "{\"peft_type\": \"LORA\", \"r\": 4, \"alpha_pattern\": {\"q_proj\": -1e400}}",
+    };
+    tset s = {0};
+    for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++) {
+        add_lora(&s, Q0);
+        assert_err(make(cfgs[i], &s), ACTL_EFORMAT, "invalid JSON");
+    }
+    add(&s, G0 ".adapter_down.weight", ACTL_F32, 4, 16);
+    add(&s, G0 ".adapter_up.weight", ACTL_F32, 16, 4);
+    assert_err(make(BN_CFG ", \"scaling\": -1e999}", &s), ACTL_EFORMAT, "invalid JSON");
+    /* a number that is not finite-looking but fine: the largest double */
+    add_lora(&s, Q0);
+    assert_ok(make(LORA_CFG ", \"alpha_pattern\": {\"q_proj\": 1.7976931348623157e308}}", &s));
+}
+
 /* ---- tensor keys ------------------------------------------------------------------ */
 
 static void test_keys__unknown_tensor_key(void **state)
@@ -186,6 +250,54 @@ static void test_keys__modules_to_save_match_whole_components(void **state)
     add(&s, P "lm_head_x.weight", ACTL_F32, 8, 16);
     assert_err(make(LORA_CFG ", \"modules_to_save\": [\"lm_head\"]}", &s), ACTL_EFORMAT,
                "lm_head_x.weight");
+}
+
+/* PEFT saves trained base biases ("<module>.bias", or "<module>.base_layer.bias" in newer
+ * PEFT) when the config's bias is not "none"; with "none" they are unknown keys. */
+static void test_keys__base_bias_only_when_bias_is_not_none(void **state)
+{
+    (void)state;
+    tset s = {0};
+    add_lora(&s, Q0);
+    add(&s, Q0 ".base_layer.bias", ACTL_F32, 16, 0);
+    assert_err(make(LORA_CFG "}", &s), ACTL_EFORMAT,
+               "tensor '" Q0 ".base_layer.bias' looks like a trained base bias, but the "
+               "config's bias is \"none\"");
+    add_lora(&s, Q0);
+    add(&s, P "model.layers.0.mlp.down_proj.bias", ACTL_F32, 16, 0);
+    assert_err(make(LORA_CFG ", \"bias\": \"none\"}", &s), ACTL_EFORMAT,
+               "'" P "model.layers.0.mlp.down_proj.bias' looks like a trained base bias");
+    /* accepted with "all" and "lora_only", old and new key forms */
+    add_lora(&s, Q0);
+    add(&s, Q0 ".base_layer.bias", ACTL_F32, 16, 0);
+    add(&s, P "model.layers.0.mlp.down_proj.bias", ACTL_BF16, 16, 0);
+    assert_ok(make(LORA_CFG ", \"bias\": \"all\"}", &s));
+    add_lora(&s, Q0);
+    add(&s, Q0 ".bias", ACTL_F16, 16, 0);
+    assert_ok(make(LORA_CFG ", \"bias\": \"lora_only\"}", &s));
+    /* still 1-D float tensors with something in them */
+    add_lora(&s, Q0);
+    add(&s, Q0 ".bias", ACTL_F32, 16, 2);
+    assert_err(make(LORA_CFG ", \"bias\": \"all\"}", &s), ACTL_ESHAPE,
+               "'" Q0 ".bias': shape [16, 2], expected 1 dimensions");
+    add_lora(&s, Q0);
+    add(&s, Q0 ".bias", ACTL_I32, 16, 0);
+    assert_err(make(LORA_CFG ", \"bias\": \"all\"}", &s), ACTL_EFORMAT,
+               "'" Q0 ".bias': dtype I32, expected F32, F16 or BF16");
+    add_lora(&s, Q0);
+    add(&s, Q0 ".bias", ACTL_F32, 0, 0); /* [0] */
+    assert_err(make(LORA_CFG ", \"bias\": \"all\"}", &s), ACTL_ESHAPE,
+               "'" Q0 ".bias': shape [0] has a zero dimension");
+    /* a bias alone is not an adapter */
+    add(&s, Q0 ".bias", ACTL_F32, 16, 0);
+    assert_err(make(LORA_CFG ", \"bias\": \"all\"}", &s), ACTL_EFORMAT,
+               "no lora adapter tensors");
+    add_lora(&s, Q0);
+    assert_err(make(LORA_CFG ", \"bias\": \"some\"}", &s), ACTL_EUNSUPPORTED,
+               "key 'bias': 'some' is not none, all, lora_only or adapter_only");
+    add_lora(&s, Q0);
+    assert_err(make(LORA_CFG ", \"bias\": false}", &s), ACTL_EFORMAT,
+               "key 'bias' must be a string");
 }
 
 /* ---- LoRA -------------------------------------------------------------------------- */
@@ -283,6 +395,37 @@ static void test_lora__embedding_cannot_mix_with_linear_keys(void **state)
     assert_err(make(LORA_CFG "}", &s), ACTL_EFORMAT, "model.embed_tokens.lora_embedding_B' is missing");
 }
 
+/* A 0 width holds no bytes and would make the module fit no base it is checked against
+ * (or skip the check, 0 meaning "not implied"): refused for A, B and the embedding pair. */
+static void test_lora__zero_width_or_rank_tensors(void **state)
+{
+    (void)state;
+    tset s = {0};
+    /* in 0, out 0: A [4, 0], B [0, 4] */
+    add2(&s, Q0 ".lora_A.weight", ACTL_F32, 4, 0);
+    add2(&s, Q0 ".lora_B.weight", ACTL_F32, 0, 4);
+    assert_err(make(LORA_CFG "}", &s), ACTL_ESHAPE,
+               "tensor '" Q0 ".lora_A.weight': shape [4, 0] has a zero dimension");
+    add2(&s, Q0 ".lora_A.weight", ACTL_F32, 4, 16);
+    add2(&s, Q0 ".lora_B.weight", ACTL_F32, 0, 4);
+    assert_err(make(LORA_CFG "}", &s), ACTL_ESHAPE,
+               "tensor '" Q0 ".lora_B.weight': shape [0, 4] has a zero dimension");
+    /* rank 0 */
+    add2(&s, Q0 ".lora_A.weight", ACTL_F32, 0, 16);
+    add2(&s, Q0 ".lora_B.weight", ACTL_F32, 16, 0);
+    assert_err(make(LORA_CFG "}", &s), ACTL_ESHAPE, "shape [0, 16] has a zero dimension");
+    /* embedding: vocab 0, dim 0 */
+    add2(&s, P "model.embed_tokens.lora_embedding_A", ACTL_F32, 4, 0);
+    add2(&s, P "model.embed_tokens.lora_embedding_B", ACTL_F32, 0, 4);
+    assert_err(make(LORA_CFG "}", &s), ACTL_ESHAPE,
+               "tensor '" P "model.embed_tokens.lora_embedding_A': shape [4, 0] has a zero "
+               "dimension");
+    add2(&s, P "model.embed_tokens.lora_embedding_A", ACTL_F32, 4, 100);
+    add2(&s, P "model.embed_tokens.lora_embedding_B", ACTL_F32, 0, 4);
+    assert_err(make(LORA_CFG "}", &s), ACTL_ESHAPE,
+               "lora_embedding_B': shape [0, 4] has a zero dimension");
+}
+
 /* ---- RoAd ---------------------------------------------------------------------------- */
 
 static void add_road(tset *s, int64_t theta, int64_t alpha)
@@ -333,11 +476,17 @@ static void test_road__group_size_odd_or_not_dividing(void **state)
                "'road_3'");
 }
 
+static void test_road__zero_length(void **state)
+{
+    (void)state;
+    tset s = {0};
+    add_road(&s, 0, 0);
+    assert_err(make("{\"peft_type\": \"ROAD\", \"variant\": \"road_2\", \"group_size\": 2}", &s),
+               ACTL_ESHAPE, "tensor '" Q0 ".road_theta': shape [0] has a zero dimension");
+}
+
 /* ---- bottleneck ------------------------------------------------------------------------ */
 
-#define G0 P "model.layers.0.mlp.gate_proj"
-#define D0 P "model.layers.0.mlp.down_proj"
-#define BN_CFG "{\"peft_type\": \"BOTTLENECK\", \"bottleneck_size\": 4"
 
 static void test_bottleneck__shape_mismatch(void **state)
 {
@@ -386,6 +535,43 @@ static void test_bottleneck__learnable_scalar_needs_its_tensor(void **state)
     add(&s, G0 ".adapter_down.weight", ACTL_F32, 4, 16);
     add(&s, G0 ".adapter_up.weight", ACTL_F32, 16, 4);
     assert_err(make(BN_CFG ", \"scaling\": \"learned\"}", &s), ACTL_EFORMAT, "'learned'");
+}
+
+/* D [4, 0] U [0, 4] on gate's input would be a series adapter on a 0-wide input. */
+static void test_bottleneck__zero_width(void **state)
+{
+    (void)state;
+    tset s = {0};
+    add2(&s, G0 ".adapter_down.weight", ACTL_F32, 4, 0);
+    add2(&s, G0 ".adapter_up.weight", ACTL_F32, 0, 4);
+    assert_err(make(BN_CFG "}", &s), ACTL_ESHAPE,
+               "tensor '" G0 ".adapter_down.weight': shape [4, 0] has a zero dimension");
+    add2(&s, G0 ".adapter_down.weight", ACTL_F32, 4, 16);
+    add2(&s, G0 ".adapter_up.weight", ACTL_F32, 0, 4);
+    assert_err(make(BN_CFG ", \"use_parallel_adapter\": true}", &s), ACTL_ESHAPE,
+               "tensor '" G0 ".adapter_up.weight': shape [0, 4] has a zero dimension");
+}
+
+/* A learned scale of NaN or Inf would poison every output of the module. */
+static void test_bottleneck__non_finite_learned_scale(void **state)
+{
+    (void)state;
+    const float bad[3] = {NAN, INFINITY, -INFINITY};
+    const char *const words[3] = {"is NaN", "is infinite", "is infinite"};
+    tset s = {0};
+    for (int i = 0; i < 3; i++) {
+        add(&s, G0 ".adapter_down.weight", ACTL_F32, 4, 16);
+        add(&s, G0 ".adapter_up.weight", ACTL_F32, 16, 4);
+        add_f32(&s, G0 ".adapter_scaling", 1, &bad[i]);
+        assert_err(make(BN_CFG ", \"scaling\": \"learnable_scalar\"}", &s), ACTL_EFORMAT,
+                   "tensor '" G0 ".adapter_scaling': the learned scale");
+        assert_non_null(strstr(actl_errmsg(), words[i]));
+    }
+    const float fine = -0.5f;
+    add(&s, G0 ".adapter_down.weight", ACTL_F32, 4, 16);
+    add(&s, G0 ".adapter_up.weight", ACTL_F32, 16, 4);
+    add_f32(&s, G0 ".adapter_scaling", 1, &fine);
+    assert_ok(make(BN_CFG ", \"scaling\": \"learnable_scalar\"}", &s));
 }
 
 /* ---- MoS ---------------------------------------------------------------------------------- */
@@ -450,6 +636,66 @@ static void test_mos__indices_and_pools_malformed(void **state)
     add_i32(&s, Q0 ".mos_index_B", 4, ok);
     assert_err(make("{\"peft_type\": \"MOS\", \"r\": 2}", &s), ACTL_EFORMAT,
                "key 'mos_shards' is missing");
+}
+
+static void test_mos__zero_sized_pools(void **state)
+{
+    (void)state;
+    static const int32_t zero[4] = {0, 0, 0, 0};
+    tset s = {0};
+    add2(&s, P "mos.q_proj.pool_A", ACTL_F32, 3, 0);
+    add2(&s, P "mos.q_proj.pool_B", ACTL_F32, 3, 8);
+    add_i32(&s, Q0 ".mos_index_A", 4, zero);
+    add_i32(&s, Q0 ".mos_index_B", 4, zero);
+    assert_err(make(MOS_CFG, &s), ACTL_ESHAPE,
+               "tensor '" P "mos.q_proj.pool_A': shape [3, 0] has a zero dimension");
+    add2(&s, P "mos.q_proj.pool_A", ACTL_F32, 3, 8);
+    add2(&s, P "mos.q_proj.pool_B", ACTL_F32, 0, 8);
+    add_i32(&s, Q0 ".mos_index_A", 4, zero);
+    add_i32(&s, Q0 ".mos_index_B", 4, zero);
+    assert_err(make(MOS_CFG, &s), ACTL_ESHAPE,
+               "tensor '" P "mos.q_proj.pool_B': shape [0, 8] has a zero dimension");
+}
+
+/* A pool's width times mos_shards is the module's in (or out) width: 2^34 x 2^30 does not
+ * fit in int64. The pools have 0 rows (no bytes) and the indices are 2 long, not the
+ * 2^30 that r x l asks for: the width check comes first and nothing large is made. */
+static void test_mos__pool_width_times_shards_overflows(void **state)
+{
+    (void)state;
+    static const int32_t idx[2] = {0, 0};
+    const char *cfg = "{\"peft_type\": \"MOS\", \"r\": 1, \"lora_alpha\": 4,"
+                      " \"mos_shards\": 1073741824}";
+    tset s = {0};
+    add2(&s, P "mos.q_proj.pool_A", ACTL_F32, 0, 17179869184LL);
+    add2(&s, P "mos.q_proj.pool_B", ACTL_F32, 0, 8);
+    add_i32(&s, Q0 ".mos_index_A", 2, idx);
+    add_i32(&s, Q0 ".mos_index_B", 2, idx);
+    assert_err(make(cfg, &s), ACTL_ELIMIT,
+               "tensor '" P "mos.q_proj.pool_A': width 17179869184 x mos_shards 1073741824 does "
+               "not fit in 64 bits");
+    add2(&s, P "mos.q_proj.pool_A", ACTL_F32, 0, 8);
+    add2(&s, P "mos.q_proj.pool_B", ACTL_F32, 0, 9223372036854775807LL);
+    add_i32(&s, Q0 ".mos_index_A", 2, idx);
+    add_i32(&s, Q0 ".mos_index_B", 2, idx);
+    assert_err(make("{\"peft_type\": \"MOS\", \"r\": 1, \"mos_shards\": 2}", &s), ACTL_ELIMIT,
+               "pool_B': width 9223372036854775807 x mos_shards 2");
+}
+
+/* Every tensor belongs to a module or passes through: a pool that no module uses is
+ * neither (and materialize would carry it into a LoRA). */
+static void test_mos__unused_pool(void **state)
+{
+    (void)state;
+    static const int32_t ok[4] = {0, 1, 2, 0};
+    tset s = {0};
+    add_pools(&s, 3);
+    add(&s, P "mos.k_proj.pool_A", ACTL_F32, 3, 8);
+    add(&s, P "mos.k_proj.pool_B", ACTL_F32, 3, 8);
+    add_i32(&s, Q0 ".mos_index_A", 4, ok);
+    add_i32(&s, Q0 ".mos_index_B", 4, ok);
+    assert_err(make(MOS_CFG, &s), ACTL_EFORMAT,
+               "pool tensor '" P "mos.k_proj.pool_A' is used by no module");
 }
 
 /* ---- files --------------------------------------------------------------------------------- */
@@ -549,20 +795,30 @@ int main(void)
         cmocka_unit_test(test_config__unknown_peft_type),
         cmocka_unit_test(test_config__bad_values),
         cmocka_unit_test(test_config__invalid_regex_in_a_pattern),
+        cmocka_unit_test(test_config__ranks_beyond_int_range),
+        cmocka_unit_test(test_config__non_finite_numbers_are_refused),
         cmocka_unit_test(test_keys__unknown_tensor_key),
         cmocka_unit_test(test_keys__modules_to_save_match_whole_components),
+        cmocka_unit_test(test_keys__base_bias_only_when_bias_is_not_none),
         cmocka_unit_test(test_lora__rank_mismatch_between_a_and_b),
         cmocka_unit_test(test_lora__rank_pattern_disagrees_with_a),
         cmocka_unit_test(test_lora__missing_halves_and_dtypes),
         cmocka_unit_test(test_lora__dora_without_magnitude),
         cmocka_unit_test(test_lora__bias_needs_lora_bias),
         cmocka_unit_test(test_lora__embedding_cannot_mix_with_linear_keys),
+        cmocka_unit_test(test_lora__zero_width_or_rank_tensors),
         cmocka_unit_test(test_road__bad_lengths),
         cmocka_unit_test(test_road__group_size_odd_or_not_dividing),
+        cmocka_unit_test(test_road__zero_length),
         cmocka_unit_test(test_bottleneck__shape_mismatch),
         cmocka_unit_test(test_bottleneck__learnable_scalar_needs_its_tensor),
+        cmocka_unit_test(test_bottleneck__zero_width),
+        cmocka_unit_test(test_bottleneck__non_finite_learned_scale),
         cmocka_unit_test(test_mos__index_out_of_range),
         cmocka_unit_test(test_mos__indices_and_pools_malformed),
+        cmocka_unit_test(test_mos__zero_sized_pools),
+        cmocka_unit_test(test_mos__pool_width_times_shards_overflows),
+        cmocka_unit_test(test_mos__unused_pool),
         cmocka_unit_test(test_load__refuses_pickles),
         cmocka_unit_test(test_load__missing_files),
         cmocka_unit_test(test_load__tensor_errors_name_the_file),

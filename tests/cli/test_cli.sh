@@ -349,7 +349,7 @@ for k in lora road bottleneck mos; do
 done
 
 # lora-patterns: rank_pattern and alpha_pattern, with literal expectations
-# from its config (r 8, lora_alpha 16, ...), beside the computed ones above.
+# from its config (r 4, lora_alpha 8, ...), beside the computed ones above.
 LP=$FIX/adapters/hf-tiny/lora-patterns
 run inspect --json "$LP"
 check_rc "inspect --json lora-patterns exits 0" 0
