@@ -10,6 +10,8 @@
 #ifndef ACTL_CMD_H
 #define ACTL_CMD_H
 
+#include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "adapterctl.h"
@@ -35,9 +37,22 @@ typedef int cmd_fn(int argc, char **argv, struct cmd_ctx *ctx);
 enum cmd_opt_type {
     CMD_OPT_END = 0, /* ends a table */
     CMD_OPT_FLAG,    /* sets *(int *)value to 1 */
-    CMD_OPT_STRING   /* sets *(const char **)value to the next argument, or to
+    CMD_OPT_STRING,  /* sets *(const char **)value to the next argument, or to
                         what follows "=" in --name=value (lent from argv) */
+    CMD_OPT_LIST     /* appends that value to the struct cmd_list at value, so
+                        the option may be repeated (--tag a=1 --tag b=2) */
 };
+
+/* The values of a repeated option, in the order given. items is NULL until
+ * the first value, then n values (lent from argv) and a NULL, so that it can
+ * be passed to the library as a NULL-terminated `const char *const *`. */
+struct cmd_list {
+    const char **items;
+    size_t n;
+};
+
+/* Frees the array (not the strings, which argv owns) and empties the list. */
+void cmd_list_free(struct cmd_list *l);
 
 struct cmd_option {
     enum cmd_opt_type type;
@@ -50,6 +65,7 @@ struct cmd_option {
 
 #define CMD_OPT_FLAG(s, l, v, h) { CMD_OPT_FLAG, (s), (l), (v), NULL, (h) }
 #define CMD_OPT_STRING(s, l, v, a, h) { CMD_OPT_STRING, (s), (l), (v), (a), (h) }
+#define CMD_OPT_LIST(s, l, v, a, h) { CMD_OPT_LIST, (s), (l), (v), (a), (h) }
 #define CMD_OPT_END() { CMD_OPT_END, 0, NULL, NULL, NULL, NULL }
 /* The global options a command accepts after its name as well. */
 #define CMD_OPT_GLOBALS(ctx)                                                     \
@@ -71,8 +87,10 @@ struct cmd_option {
  * The arguments that are not options are moved, in order, to
  * argv[0..*nargs-1] (argv[0], the command's name, is overwritten).
  *
- * Returns CMD_PARSED to go on, CMD_OK after --help, or CMD_USAGE after
- * printing "adapterctl: <problem>" and the usage on stderr.
+ * Returns CMD_PARSED to go on, CMD_OK after --help, CMD_USAGE after
+ * printing "adapterctl: <problem>" and the usage on stderr, or CMD_FAIL when
+ * memory for a CMD_OPT_LIST ran out. The caller frees its lists whatever the
+ * result.
  *
  * usage: NULL-terminated lines: the synopsis (one or more lines, e.g.
  * "adapterctl inspect PATH [--json]"), an empty line, a short description.
@@ -100,5 +118,54 @@ void cmd_error(const char *fmt, ...)
 /* Reports a failed library call: "adapterctl: <actl_errmsg()>", or the code's
  * fixed text when the library left no message. Returns CMD_FAIL. */
 int cmd_lib_error(int code);
+
+/* ---- what the store commands share ------------------------------------ */
+
+/* --store DIR after the command's name, as before it. */
+#define CMD_OPT_STORE(ctx)                                  \
+    CMD_OPT_STRING(0, "store", &(ctx)->store, "DIR",        \
+                   "the store directory (default: $ADAPTERCTL_STORE, else " \
+                   "$XDG_DATA_HOME/adapterctl)")
+
+/* Opens the store that --store names, else the default one
+ * (actl_store_default_path), creating it when absent (DESIGN.md 5: created
+ * on first use). Returns CMD_OK, or CMD_FAIL after printing the library's
+ * message. */
+int cmd_store_open(const struct cmd_ctx *ctx, actl_store **out);
+
+/* Parses a decimal integer in [min, INT64_MAX]; 0 on success, -1 otherwise. */
+int cmd_parse_int(const char *s, int64_t min, int64_t *out);
+
+/* Checks a NAME[@VERSION] argument; CMD_OK, or CMD_USAGE after printing the
+ * library's reason and the synopsis. */
+int cmd_check_ref(const char *const *usage, const char *ref);
+
+/* Checks that every item of tags is KEY=VALUE with a non-empty KEY; CMD_OK
+ * or CMD_USAGE (with the synopsis). `what` names the option ("--tag"). */
+int cmd_check_tags(const char *const *usage, const char *what, const char *const *tags);
+
+/* "name@3" into buf. */
+const char *cmd_ref_str(const actl_entry *e, char *buf, size_t len);
+
+/* "512 B", "14.0 KiB", "3.2 MiB". */
+const char *cmd_human_size(uint64_t n, char *buf, size_t len);
+
+/* raw/stored as "2.31x", or "-" when stored is 0. */
+const char *cmd_ratio_str(uint64_t raw, uint64_t stored, char *buf, size_t len);
+
+/* The README's entry object (name, version, kind, ..., created,
+ * created_unix, tags). A new reference, or NULL (after printing why). */
+json_t *cmd_entry_json(const actl_entry *e);
+
+/* Every entry of l as a JSON array (new reference), or NULL. */
+json_t *cmd_entries_json(const actl_entries *l);
+
+/* Prints doc on stdout, indented by two spaces, and drops the reference.
+ * doc NULL (a failed build) is reported. CMD_OK or CMD_FAIL. */
+int cmd_print_json(json_t *doc);
+
+/* Tags as "k=v,k2=v2" (or "-" when there are none) into buf, cut short with
+ * "..." when longer than len allows. */
+const char *cmd_tags_str(const actl_entry *e, char *buf, size_t len);
 
 #endif /* ACTL_CMD_H */

@@ -15,6 +15,16 @@
  */
 #define COMMANDS(X)                                                                   \
     X(inspect, "show what an adapter directory, checkpoint or safetensors file holds") \
+    X(init, "create the store (optional: every store command creates it)")          \
+    X(add, "validate a PEFT adapter directory and add it to the store")             \
+    X(list, "list stored adapters, filtered by kind, base model and tags")          \
+    X(show, "show one stored adapter")                                              \
+    X(rm, "remove a stored adapter version (its pack goes at the next gc)")         \
+    X(tag, "set or remove tags of a stored adapter")                                \
+    X(export, "write a stored adapter out as a PEFT directory")                     \
+    X(verify, "re-hash every pack and check every catalogue row")                   \
+    X(gc, "remove unreferenced packs and stale temporary files")                    \
+    X(stats, "adapters, versions, packs, sizes and the compression ratio")          \
     X(help, "show the help of a command")
 
 #define DECLARE(name, summary) cmd_fn cmd_##name;
@@ -104,7 +114,8 @@ int main(int argc, char **argv)
     int help = 0, version = 0, nargs;
     const struct cmd_option opts[] = {
         CMD_OPT_STRING(0, "store", &ctx.store, "DIR",
-                       "the store directory (kept for the store commands)"),
+                       "the store directory (default: $ADAPTERCTL_STORE, else "
+                       "$XDG_DATA_HOME/adapterctl)"),
         CMD_OPT_GLOBALS(&ctx),
         CMD_OPT_FLAG(0, "version", &version, "print the version"),
         CMD_OPT_FLAG('h', "help", &help, "show this help"),

@@ -1,8 +1,30 @@
 /* options.c: the option parser and the messages every command shares. */
 #include "cmd.h"
 
+#include <errno.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+void cmd_list_free(struct cmd_list *l)
+{
+    free(l->items);
+    l->items = NULL;
+    l->n = 0;
+}
+
+/* Appends v, keeping the array NULL-terminated; -1 when out of memory. */
+static int list_append(struct cmd_list *l, const char *v)
+{
+    const char **items = realloc(l->items, (l->n + 2) * sizeof *items);
+    if (!items)
+        return -1;
+    items[l->n++] = v;
+    items[l->n] = NULL;
+    l->items = items;
+    return 0;
+}
 
 static const struct cmd_option *find_long(const struct cmd_option *opts, const char *name,
                                           size_t len)
@@ -77,6 +99,17 @@ int cmd_parse(int argc, char **argv, const struct cmd_option *opts,
                 return cmd_usage_error(usage, "option '%s' takes no value",
                                        spelling(o, name, sizeof name));
             *(int *)o->value = 1;
+        } else if (o->type == CMD_OPT_LIST) {
+            if (!value) {
+                if (i + 1 >= argc)
+                    return cmd_usage_error(usage, "option '%s' needs a value",
+                                           spelling(o, name, sizeof name));
+                value = argv[++i];
+            }
+            if (list_append(o->value, value) != 0) {
+                cmd_error("out of memory");
+                return CMD_FAIL;
+            }
         } else {
             if (!value) {
                 if (i + 1 >= argc)
@@ -161,4 +194,192 @@ int cmd_lib_error(int code)
     const char *msg = actl_errmsg();
     cmd_error("%s", msg && *msg ? msg : actl_strerror(code));
     return CMD_FAIL;
+}
+
+/* ---- what the store commands share ------------------------------------ */
+
+int cmd_store_open(const struct cmd_ctx *ctx, actl_store **out)
+{
+    char *fallback = NULL;
+    const char *dir = ctx->store;
+    int rc = ACTL_OK;
+    if (!dir) {
+        rc = actl_store_default_path(&fallback);
+        if (rc != ACTL_OK)
+            goto out;
+        dir = fallback;
+    }
+    rc = actl_store_open(dir, ACTL_STORE_CREATE, out);
+out:
+    free(fallback);
+    return rc == ACTL_OK ? CMD_OK : cmd_lib_error(rc);
+}
+
+int cmd_parse_int(const char *s, int64_t min, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    /* strtoll would take " 5" and "+5"; a count on a command line is digits. */
+    if (!s || !((s[0] >= '0' && s[0] <= '9') || (s[0] == '-' && s[1] >= '0' && s[1] <= '9')))
+        return -1;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < min)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int cmd_check_ref(const char *const *usage, const char *ref)
+{
+    char name[256];
+    int64_t version;
+    if (actl_ref_parse(ref, name, sizeof name, &version) != ACTL_OK)
+        return cmd_usage_error(usage, "%s", actl_errmsg());
+    return CMD_OK;
+}
+
+int cmd_check_tags(const char *const *usage, const char *what, const char *const *tags)
+{
+    for (; tags && *tags; tags++) {
+        const char *eq = strchr(*tags, '=');
+        if (!eq || eq == *tags)
+            return cmd_usage_error(usage, "%s '%s' is not KEY=VALUE", what, *tags);
+    }
+    return CMD_OK;
+}
+
+const char *cmd_ref_str(const actl_entry *e, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s@%lld", e->name, (long long)e->version);
+    return buf;
+}
+
+const char *cmd_human_size(uint64_t n, char *buf, size_t len)
+{
+    static const char *const unit[] = { "KiB", "MiB", "GiB", "TiB" };
+    if (n < 1024) {
+        snprintf(buf, len, "%llu B", (unsigned long long)n);
+        return buf;
+    }
+    double v = (double)n / 1024;
+    int u = 0;
+    while (v >= 1024 && u < 3) {
+        v /= 1024;
+        u++;
+    }
+    snprintf(buf, len, "%.1f %s", v, unit[u]);
+    return buf;
+}
+
+const char *cmd_ratio_str(uint64_t raw, uint64_t stored, char *buf, size_t len)
+{
+    if (stored == 0)
+        snprintf(buf, len, "-");
+    else
+        snprintf(buf, len, "%.2fx", (double)raw / (double)stored);
+    return buf;
+}
+
+const char *cmd_tags_str(const actl_entry *e, char *buf, size_t len)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    if (e->tag_count == 0) {
+        snprintf(buf, len, "-");
+        return buf;
+    }
+    for (size_t i = 0; i < e->tag_count; i++) {
+        int w = snprintf(buf + used, len - used, "%s%s=%s", i ? "," : "", e->tag_keys[i],
+                         e->tag_values[i]);
+        if (w < 0 || (size_t)w >= len - used) {
+            /* Cut: end with "..." where there is room for it. */
+            if (len >= 4)
+                memcpy(buf + len - 4, "...", 4);
+            break;
+        }
+        used += (size_t)w;
+    }
+    return buf;
+}
+
+/* A JSON text the catalogue holds (config, target_modules), parsed back. */
+static json_t *stored_json(const actl_entry *e, const char *field, const char *text)
+{
+    json_error_t jerr;
+    json_t *v = json_loads(text ? text : "null", JSON_DECODE_ANY, &jerr);
+    if (!v)
+        cmd_error("'%s@%lld': the catalogue's %s is not JSON: %s", e->name,
+                  (long long)e->version, field, jerr.text);
+    return v;
+}
+
+json_t *cmd_entry_json(const actl_entry *e)
+{
+    char created[32] = "";
+    time_t t = (time_t)e->created;
+    struct tm tm;
+    if (gmtime_r(&t, &tm))
+        strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", &tm);
+
+    json_t *modules = stored_json(e, "target_modules", e->target_modules);
+    json_t *config = modules ? stored_json(e, "config", e->config) : NULL;
+    json_t *tags = json_object();
+    for (size_t i = 0; tags && i < e->tag_count; i++)
+        if (json_object_set_new(tags, e->tag_keys[i], json_string(e->tag_values[i])) != 0)
+            tags = (json_decref(tags), NULL);
+    if (!modules || !config || !tags) {
+        json_decref(modules);
+        json_decref(config);
+        json_decref(tags);
+        return NULL;
+    }
+    /* "o" steals modules, config and tags, even when packing fails. */
+    json_t *doc = json_pack(
+        "{s:s, s:I, s:s, s:s?, s:i, s:s?, s:i, s:o, s:o, s:I, s:I, s:s, s:s?, s:s?, s:s, s:I,"
+        " s:o}",
+        "name", e->name, "version", (json_int_t)e->version, "kind", actl_kind_name(e->kind),
+        "base_model", e->base_model, "rank", e->rank, "variant", e->variant, "group_size",
+        e->group_size, "target_modules", modules, "config", config, "raw_bytes",
+        (json_int_t)e->raw_bytes, "stored_bytes", (json_int_t)e->stored_bytes, "pack",
+        e->pack ? e->pack : "", "source", e->source, "description", e->description, "created",
+        created, "created_unix", (json_int_t)e->created, "tags", tags);
+    if (!doc)
+        cmd_error("cannot build the JSON output for '%s@%lld'", e->name, (long long)e->version);
+    return doc;
+}
+
+json_t *cmd_entries_json(const actl_entries *l)
+{
+    json_t *arr = json_array();
+    if (!arr) {
+        cmd_error("out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < actl_entries_count(l); i++) {
+        json_t *o = cmd_entry_json(actl_entries_get(l, i));
+        if (!o || json_array_append_new(arr, o) != 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+int cmd_print_json(json_t *doc)
+{
+    int rc = CMD_OK;
+    if (!doc) {
+        /* The builder said why when it could; jansson fails on memory alone here. */
+        cmd_error("cannot build the JSON output");
+        return CMD_FAIL;
+    }
+    /* 17 significant digits: every double reads back exactly. */
+    if (json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) != 0) {
+        cmd_error("cannot write the JSON output");
+        rc = CMD_FAIL;
+    } else {
+        putchar('\n');
+    }
+    json_decref(doc);
+    return rc;
 }

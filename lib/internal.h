@@ -298,6 +298,10 @@ const char *actl__quote(const char *s, char *buf, size_t cap);
  * points into kv. */
 int actl__tag_parse(const char *kv, char key[65], const char **value);
 int actl__tag_key_check(const char *key);
+/* Parses a NULL-terminated "KEY=VALUE" list (NULL: none) into n keys, copied
+ * into one malloc'd block of n * 65 bytes (key i at keys + 65 i), and n
+ * values lent from the list (a malloc'd array). Refuses a key given twice. */
+int actl__tags_parse(const char *const *kv, char **keys, const char ***values, size_t *n);
 /* Checks an optional free-text field: valid UTF-8, at most max bytes, no
  * control characters (newline and tab allowed when multiline). */
 int actl__text_check(const char *what, const char *s, size_t max, bool multiline);

@@ -1,17 +1,129 @@
 #!/usr/bin/env bash
-# demo.sh: what `make demo` shows: adapterctl inspecting every fixture
-# adapter (one line each), one adapter in full, and the reference checkpoint
-# in ../shared/data when it is there. Reads only; uses no store.
+# demo.sh: what `make demo` shows: the store at work on the default store
+# (the user's ADAPTERCTL_STORE, else XDG_DATA_HOME/adapterctl, else
+# ~/.local/share/adapterctl): init, add a fixture adapter of every kind with
+# tags, list, filter, show two, export one and compare, verify, stats. Then a
+# short look at what `inspect` says of the fixtures.
+#
+# Re-runnable: the demo's adapters are all named demo-*, and every run first
+# removes every version of those names (only those), so each run starts from
+# and ends with the same demo entries; their packs are shared with the
+# previous run's (identical adds share one pack), so the store does not grow.
 #
 #   bash tests/demo.sh [path/to/adapterctl]      (from the repository root)
 set -euo pipefail
 BIN=${1:-build/adapterctl}
-SHARED=../shared/data
+FIX=fixtures/adapters/hf-tiny
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
 
-echo "== $("$BIN" --version): inspecting the fixture adapters"
+say() { printf '\n== %s\n' "$*"; }
+# Shows the command (arguments with spaces quoted), then runs it.
+show_run() {
+    local shown="" a
+    for a in "$@"; do
+        case "$a" in *[\ \(\)]*) shown="$shown '$a'" ;; *) shown="$shown $a" ;; esac
+    done
+    printf '$ adapterctl%s\n' "$shown"
+    "$BIN" "$@"
+}
+
+echo "$("$BIN" --version): the store"
+say "init (optional: every store command creates the store on first use)"
+show_run init
+
+# name  fixture  tags...
+demo_adapters=(
+    "demo-lora           lora                task=math   user=alice"
+    "demo-lora-dora      lora-dora           task=math   user=bob"
+    "demo-lora-patterns  lora-patterns       task=code   user=alice"
+    "demo-road-1         road-1              task=math   user=carol"
+    "demo-road-4         road-4              task=chat   user=alice"
+    "demo-bottleneck     bottleneck-series   task=code   user=bob"
+    "demo-bottleneck-par bottleneck-parallel task=chat   user=carol"
+    "demo-mos            mos                 task=math   user=alice"
+    "demo-lora-1mb       -                   task=math   user=dave"
+)
+
+# Every version of the demo's names, and nothing else.
+for line in "${demo_adapters[@]}"; do
+    read -r name _ <<<"$line"
+    while "$BIN" -q rm "$name" >/dev/null 2>&1; do :; done
+done
+
+# The fixtures are a few KiB, too small for the codec to show anything (a
+# pack's header, with a SHA-256 per tensor, outweighs their data). So also a
+# 1 MiB LoRA with BF16 weights drawn from N(0, 0.02), the shape of trained
+# ones, generated here (seeded: the same bytes every run).
+python3 - "$TMP/lora-1mb" <<'EOF'
+import json, os, random, struct, sys
+out = sys.argv[1]
+os.makedirs(out)
+rng = random.Random(7)
+def bf16(n):  # N(0, 0.02) as BF16, rounded to nearest even
+    b = bytearray()
+    for _ in range(n):
+        u = struct.unpack("<I", struct.pack("<f", rng.gauss(0.0, 0.02)))[0]
+        b += struct.pack("<H", (u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+    return bytes(b)
+r, width, hdr, data = 8, 4096, {"__metadata__": {"format": "pt"}}, b""
+for layer in range(4):
+    for m in ("q_proj", "v_proj"):
+        k = "base_model.model.model.layers.%d.self_attn.%s" % (layer, m)
+        for name, shape in ((k + ".lora_A.weight", [r, width]), (k + ".lora_B.weight", [width, r])):
+            t = bf16(r * width)
+            hdr[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [len(data), len(data) + len(t)]}
+            data += t
+h = json.dumps(hdr).encode()
+h += b" " * (-len(h) % 8)
+with open(os.path.join(out, "adapter_model.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + data)
+with open(os.path.join(out, "adapter_config.json"), "w") as f:
+    json.dump({"peft_type": "LORA", "r": r, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
+               "base_model_name_or_path": "demo/llama-4096"}, f)
+EOF
+
+say "add a fixture of every kind, and the generated 1 MiB LoRA, with tags"
+for line in "${demo_adapters[@]}"; do
+    read -r name fixture t1 t2 <<<"$line"
+    dir=$FIX/$fixture
+    [ "$fixture" = - ] && { dir=$TMP/lora-1mb; fixture="generated 1 MiB BF16"; }
+    show_run add "$dir" --name "$name" --tag "$t1" --tag "$t2" --desc "$fixture (make demo)"
+done
+# A second version of one of them: versions count up per name.
+show_run add "$FIX/lora" --name demo-lora --tag task=math --tag user=alice --tag stage=v2
+
+say "list (newest version of each name), then filtered"
+show_run list --tag user=alice
+show_run list --kind road
+show_run list --tag task=math --tag user=alice --all-versions
+
+say "show two"
+show_run show demo-lora-dora
 echo
+show_run show demo-lora-1mb
 
-# One line per adapter from `inspect --json` (schema in README.md).
+say "export one and compare it with what was added"
+show_run export demo-mos "$TMP/demo-mos"
+python3 - "$FIX/mos" "$TMP/demo-mos" <<'EOF'
+import json, struct, sys
+def tensors(p):
+    data = open(p + "/adapter_model.safetensors", "rb").read()
+    n = struct.unpack("<Q", data[:8])[0]
+    h = json.loads(data[8:8 + n]); h.pop("__metadata__", None)
+    return {k: data[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]] for k, e in h.items()}
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+same = a == b and json.load(open(sys.argv[1] + "/adapter_config.json")) == json.load(open(sys.argv[2] + "/adapter_config.json"))
+print("%d tensors, %d bytes: %s" % (len(b), sum(map(len, b.values())),
+      "identical to the fixture" if same else "DIFFERENT from the fixture"))
+sys.exit(0 if same else 1)
+EOF
+
+say "verify and stats"
+show_run verify
+show_run stats
+
+say "inspect: the fixture adapters, one line each (adapterctl --json inspect DIR)"
 SUMMARY='
 import json, sys
 d = json.load(sys.stdin)
@@ -27,35 +139,11 @@ elif kind == "road":
 else:
     facts = "size=%s %s" % (c.get("bottleneck_size"), c.get("non_linearity", "tanh"))
     if c.get("use_parallel_adapter"): facts += " parallel"
-scales = sorted({round(m["scale"], 4) for m in d["modules"]})
-print("%-30s %-10s %-26s %3d modules %4d tensors %8.1f KiB  scale %s" % (
-    sys.argv[1], kind, facts, len(d["modules"]), d["tensors"], d["bytes"] / 1024,
-    ", ".join("%g" % s for s in scales)))
+print("%-22s %-10s %-24s %3d modules %4d tensors %7.1f KiB" % (
+    sys.argv[1], kind, facts, len(d["modules"]), d["tensors"], d["bytes"] / 1024))
 '
-
-n=0
-for dir in fixtures/adapters/*/*/; do
+for dir in "$FIX"/*/; do
     dir=${dir%/}
     [ -f "$dir/adapter_config.json" ] || continue
-    "$BIN" --json inspect "$dir" | python3 -c "$SUMMARY" "${dir#fixtures/adapters/}"
-    n=$((n + 1))
+    "$BIN" --json inspect "$dir" | python3 -c "$SUMMARY" "$(basename "$dir")"
 done
-if [ "$n" -eq 0 ]; then
-    echo "(no adapters under fixtures/adapters: run 'make fixtures')"
-fi
-
-example=fixtures/adapters/hf-tiny/lora-patterns
-if [ -d "$example" ]; then
-    echo
-    echo "== adapterctl inspect $example"
-    "$BIN" inspect "$example"
-fi
-
-model=$SHARED/hf-tiny-random-llama-2/model.safetensors
-echo
-if [ -f "$model" ]; then
-    echo "== adapterctl inspect $model"
-    "$BIN" inspect "$model"
-else
-    echo "SKIP: $model is absent (../shared/data not beside the repo)"
-fi

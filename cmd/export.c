@@ -1,0 +1,69 @@
+/*
+ * export.c: `adapterctl export NAME[@V] DIR`: writes a stored adapter back
+ * out as a PEFT directory, every tensor checked against its SHA-256 first.
+ */
+#include "cmd.h"
+
+cmd_fn cmd_export;
+
+static const char *const export_usage[] = {
+    "adapterctl export NAME[@V] DIR [--json]",
+    "",
+    "Writes NAME@V, or the newest version of NAME, to DIR as a PEFT directory",
+    "(adapter_config.json + adapter_model.safetensors) whose tensors are the",
+    "bytes that were added. DIR must not exist or be empty; it appears whole or",
+    "not at all. A pack whose bytes do not match their SHA-256 is an error and",
+    "nothing is written. With --json: {\"name\", \"version\", \"dir\"}.",
+    NULL,
+};
+
+int cmd_export(int argc, char **argv, struct cmd_ctx *ctx)
+{
+    const struct cmd_option opts[] = { CMD_OPT_STORE(ctx), CMD_OPT_GLOBALS(ctx), CMD_OPT_END() };
+    actl_store *s = NULL;
+    actl_entries *l = NULL;
+    char ref[300];
+    int nargs;
+
+    int rc = cmd_parse(argc, argv, opts, export_usage, 0, &nargs);
+    if (rc != CMD_PARSED)
+        return rc;
+    if (nargs < 2)
+        return cmd_usage_error(export_usage, nargs ? "missing DIR" : "missing NAME[@V] and DIR");
+    if (nargs > 2)
+        return cmd_usage_error(export_usage, "too many arguments: '%s'", argv[2]);
+    if ((rc = cmd_check_ref(export_usage, argv[0])) != CMD_OK)
+        return rc;
+    const char *dir = argv[1];
+
+    if ((rc = cmd_store_open(ctx, &s)) != CMD_OK)
+        return rc;
+    /* Pin the version, so that the one reported is the one written. */
+    int lrc = actl_store_show(s, argv[0], &l);
+    const actl_entry *e = lrc == ACTL_OK ? actl_entries_get(l, 0) : NULL;
+    if (lrc != ACTL_OK) {
+        rc = cmd_lib_error(lrc);
+        goto out;
+    }
+    if (!e) {
+        cmd_error("the store returned no entry for '%s'", argv[0]);
+        rc = CMD_FAIL;
+        goto out;
+    }
+    lrc = actl_store_export(s, cmd_ref_str(e, ref, sizeof ref), dir);
+    if (lrc != ACTL_OK) {
+        rc = cmd_lib_error(lrc);
+        goto out;
+    }
+    if (ctx->json) {
+        rc = cmd_print_json(json_pack("{s:s, s:I, s:s}", "name", e->name, "version",
+                                      (json_int_t)e->version, "dir", dir));
+    } else {
+        printf("exported %s to %s\n", ref, dir);
+        rc = CMD_OK;
+    }
+out:
+    actl_entries_free(l);
+    actl_store_close(s);
+    return rc;
+}
