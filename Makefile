@@ -15,7 +15,8 @@ CFLAGS ?= -O3 -g
 
 # Debian packages the build, the tests and the demo need.
 DEB_PKGS := pkg-config libsqlite3-dev libzstd-dev libcurl4-openssl-dev libopenblas-dev \
-            liblapacke-dev libjansson-dev libssl-dev libpcre2-dev libcmocka-dev python3
+            liblapacke-dev libjansson-dev libssl-dev libpcre2-dev libcmocka-dev python3 \
+            nginx curl
 PKGS := sqlite3 libzstd libcurl openblas lapacke jansson libcrypto libpcre2-8
 
 ifeq ($(SAN),1)
@@ -37,6 +38,7 @@ LIB_SRC := $(sort $(wildcard lib/*.c))
 CMD_SRC := $(sort $(wildcard cmd/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 BENCH_SRC := $(sort $(wildcard tests/bench/*.c))
+BENCH_SH := $(sort $(wildcard tests/bench/*.sh))
 SQL_SRC := $(sort $(wildcard schema/*.sql))
 
 # schema/NNNN_name.sql become one C array, {number, name, sql} in order,
@@ -153,8 +155,10 @@ run-demo: build
 bench: deps
 	@$(MAKE) --no-print-directory run-bench
 
+# The C benchmarks, then the scripted ones (tests/bench/*.sh, given the binary).
 run-bench: build $(BENCH_BIN)
-	@set -e; for b in $(BENCH_BIN); do echo "== $$b"; $$b; done
+	@set -e; for b in $(BENCH_BIN); do echo "== $$b"; $$b; done; \
+	for b in $(BENCH_SH); do echo "== $$b"; bash $$b $(BIN); done
 
 fixtures: deps
 	@$(MAKE) --no-print-directory $(GEN)

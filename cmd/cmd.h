@@ -168,4 +168,28 @@ int cmd_print_json(json_t *doc);
  * "..." when longer than len allows. */
 const char *cmd_tags_str(const actl_entry *e, char *buf, size_t len);
 
+/* ---- progress bar ------------------------------------------------------ */
+
+/* A one-line progress bar on stderr for a transfer: bytes done / total,
+ * percentage, rate and ETA, redrawn in place with '\r' at most ten times a
+ * second. It draws only when stderr is a terminal and neither -q nor --json
+ * was given (DESIGN.md 12), so scripts and logs never see it. */
+struct cmd_progress {
+    int enabled;        /* 0: every call is a no-op */
+    int shown;          /* characters on the line now, to clear */
+    double start;       /* monotonic seconds when this transfer began */
+    double last_draw;   /* when the line was last drawn */
+    uint64_t last_done; /* to notice that a new file's transfer began */
+};
+
+/* Decides whether to draw (the terminal and the options) and starts the clock. */
+void cmd_progress_init(struct cmd_progress *p, const struct cmd_ctx *ctx);
+
+/* An actl_progress_fn: ctx is the struct cmd_progress. A `done` smaller than
+ * the previous one starts a new transfer (rate and ETA start again). */
+void cmd_progress_update(uint64_t done, uint64_t total, void *ctx);
+
+/* Clears the line, so that what follows starts on a clean one. */
+void cmd_progress_end(struct cmd_progress *p);
+
 #endif /* ACTL_CMD_H */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 void cmd_list_free(struct cmd_list *l)
 {
@@ -382,4 +383,96 @@ int cmd_print_json(json_t *doc)
     }
     json_decref(doc);
     return rc;
+}
+
+/* ---- progress bar ------------------------------------------------------ */
+
+static double monotonic_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void cmd_progress_init(struct cmd_progress *p, const struct cmd_ctx *ctx)
+{
+    memset(p, 0, sizeof *p);
+    p->enabled = !ctx->quiet && !ctx->json && isatty(STDERR_FILENO);
+    p->start = monotonic_seconds();
+    p->last_draw = -1;
+}
+
+/* "1:05" or "2:03:07"; "--:--" when unknown or absurd. */
+static const char *eta_str(double seconds, char *buf, size_t len)
+{
+    if (!(seconds >= 0) || seconds > 99 * 3600.0) {
+        snprintf(buf, len, "--:--");
+        return buf;
+    }
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600)
+        snprintf(buf, len, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+    else
+        snprintf(buf, len, "%ld:%02ld", s / 60, s % 60);
+    return buf;
+}
+
+void cmd_progress_update(uint64_t done, uint64_t total, void *ctx)
+{
+    struct cmd_progress *p = ctx;
+    if (!p || !p->enabled)
+        return;
+    double now = monotonic_seconds();
+    /* The counter went back: the next file (or a restart from zero). */
+    if (done < p->last_done)
+        p->start = now;
+    p->last_done = done;
+    int final = total && done >= total;
+    if (!final && p->last_draw >= 0 && now - p->last_draw < 0.1)
+        return;
+    p->last_draw = now;
+
+    char d[32], t[32], r[32], eta[32], line[160];
+    double elapsed = now - p->start;
+    /* Under 50 ms the rate is noise: show none rather than a wild one. */
+    double rate = elapsed >= 0.05 ? (double)done / elapsed : 0;
+    if (rate > 0)
+        snprintf(r, sizeof r, "%s/s", cmd_human_size((uint64_t)rate, d, sizeof d));
+    else
+        snprintf(r, sizeof r, "--/s");
+    cmd_human_size(done, d, sizeof d);
+    int n;
+    if (total) {
+        /* [#########.........] 20 cells */
+        char bar[21];
+        uint64_t shown = done > total ? total : done;
+        int cells = (int)((double)shown / (double)total * 20);
+        for (int i = 0; i < 20; i++)
+            bar[i] = i < cells ? '#' : '.';
+        bar[20] = '\0';
+        n = snprintf(line, sizeof line, "%s / %s [%s] %3d%%  %s  ETA %s", d,
+                     cmd_human_size(total, t, sizeof t), bar,
+                     (int)((double)shown / (double)total * 100), r,
+                     eta_str(rate > 0 ? (double)(total - shown) / rate : -1, eta, sizeof eta));
+    } else {
+        n = snprintf(line, sizeof line, "%s  %s", d, r);
+    }
+    if (n < 0)
+        return;
+    if (n >= (int)sizeof line)
+        n = (int)sizeof line - 1;
+    /* Pad over a longer previous line instead of clearing it first: no flicker. */
+    fprintf(stderr, "\r%s%*s", line, p->shown > n ? p->shown - n : 0, "");
+    fflush(stderr);
+    if (n > p->shown)
+        p->shown = n;
+}
+
+void cmd_progress_end(struct cmd_progress *p)
+{
+    if (!p->enabled || !p->shown)
+        return;
+    fprintf(stderr, "\r%*s\r", p->shown, "");
+    fflush(stderr);
+    p->shown = 0;
 }

@@ -52,7 +52,8 @@ static void print_entry(const actl_entry *e)
 
     field("name", "%s", e->name);
     field("version", "%lld", (long long)e->version);
-    field("kind", "%s", actl_kind_name(e->kind));
+    /* a crafted catalogue may hold a kind this build does not know */
+    field("kind", "%s", actl_kind_name(e->kind) ? actl_kind_name(e->kind) : "?");
     field("base model", "%s", e->base_model ? e->base_model : "-");
     if (e->kind == ACTL_KIND_ROAD) {
         field("variant", "%s", e->variant ? e->variant : "-");

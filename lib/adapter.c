@@ -23,6 +23,20 @@ const char *actl_kind_name(actl_kind k)
     return NULL;
 }
 
+int actl_kind_parse(const char *name, actl_kind *out)
+{
+    if (!name || !out)
+        return actl__err(ACTL_EINVAL, "kind: NULL argument");
+    for (int k = ACTL_KIND_LORA; k <= ACTL_KIND_MOS; k++)
+        if (strcmp(actl_kind_name((actl_kind)k), name) == 0) {
+            *out = (actl_kind)k;
+            return ACTL_OK;
+        }
+    char q[ACTL__QUOTE_CAP];
+    return actl__err(ACTL_EINVAL, "unknown kind '%s' (lora, road, bottleneck, mos)",
+                     actl__quote(name, q, sizeof q));
+}
+
 const char *actl_road_variant_name(actl_road_variant v)
 {
     switch (v) {

@@ -255,6 +255,9 @@ typedef enum actl_kind {
 
 /* Lowercase name: "lora", "road", "bottleneck", "mos"; NULL if invalid. */
 const char *actl_kind_name(actl_kind k);
+/* The kind named by actl_kind_name's word ("lora", exactly). ACTL_EINVAL
+ * naming the word and the valid ones when there is none; *out untouched. */
+int actl_kind_parse(const char *name, actl_kind *out);
 
 typedef enum actl_road_variant {
     ACTL_ROAD_1 = 1,
@@ -520,6 +523,72 @@ typedef struct actl_store_stats {
     uint64_t stored_bytes;  /* packs on disk, over distinct packs */
 } actl_store_stats;
 int actl_store_stats_get(actl_store *s, actl_store_stats *out);
+
+/* ------------------------------------------------------------------ */
+/* Pull and publish                                                    */
+/* ------------------------------------------------------------------ */
+
+/* Progress of a transfer: bytes received so far in this call and the
+ * expected total (0 when unknown). Called on the pulling thread, at most
+ * about ten times a second and once at the end. */
+typedef void (*actl_progress_fn)(uint64_t done, uint64_t total, void *ctx);
+
+/* The default per-file download limit of a pull (16 GiB). */
+#define ACTL_PULL_DEFAULT_MAX (16ull << 30)
+
+/* Options of actl_store_pull; start from actl_pull_default_opts(). Strings
+ * are borrowed for the call. */
+typedef struct actl_pull_opts {
+    const char *name;        /* local name; NULL: the published entry's name, else the
+                                URL's last path component or the hf repository's name */
+    const char *sha256;      /* expected SHA-256 (64 hex) of adapter_model.safetensors (a
+                                PEFT URL or hf://) or of the pack (a published store) */
+    uint64_t max_size;       /* largest file to download; 0: ACTL_PULL_DEFAULT_MAX */
+    const char *const *tags; /* NULL-terminated "KEY=VALUE" for the new entry, or NULL */
+    actl_progress_fn progress; /* or NULL */
+    void *progress_ctx;
+} actl_pull_opts;
+actl_pull_opts actl_pull_default_opts(void);
+
+/* What a pull did. */
+typedef struct actl_pull_result {
+    char name[129];
+    int64_t version;
+    char pack[65];               /* the local pack's digest */
+    char sha256[65];             /* SHA-256 of the adapter_model.safetensors or pack pulled */
+    uint64_t bytes_transferred;  /* bytes received over the wire in this call, all files */
+    int files_transferred;       /* files whose body was transferred (304s and skipped packs
+                                    are not counted) */
+    int unchanged;               /* 1: the source was unchanged and already in the store */
+} actl_pull_result;
+
+/* Pulls an adapter into the store from
+ *  - a PEFT directory URL (http, https or file): URL/adapter_config.json and
+ *    URL/adapter_model.safetensors;
+ *  - hf://OWNER/REPO[@REVISION]: the same files at
+ *    $HF_ENDPOINT/OWNER/REPO/resolve/REVISION/FILE (HF_ENDPOINT defaults to
+ *    the public hub, REVISION to "main"); an X-Linked-Etag header must match
+ *    the file's SHA-256;
+ *  - a published store (ref not NULL: NAME or NAME@VERSION): URL/index.json,
+ *    then URL/objects/<sha256> for a pack the store lacks.
+ * Every byte is verified (digests, then full adapter validation) before
+ * anything enters the catalogue; a failed pull leaves the store as it was,
+ * apart from a resumable partial download (<store>/partial/) that gc
+ * removes. A second pull of an unchanged source revalidates with
+ * If-None-Match and transfers nothing. Only http, https and file URLs are
+ * followed (redirects: http and https, at most 5); TLS is verified;
+ * connection failures, 5xx and 429 are retried with exponential backoff,
+ * honouring Retry-After. out may be NULL. */
+int actl_store_pull(actl_store *s, const char *url, const char *ref, const actl_pull_opts *o,
+                    actl_pull_result *out);
+
+/* Publishes the adapters refs names (NULL or empty: every version in the
+ * store) into dir as a static tree any HTTP server can serve:
+ * dir/objects/<sha256> (the packs) and dir/index.json, written in that
+ * order and each atomically, so a reader never sees an index naming a
+ * missing pack. *count (when not NULL) gets the number of adapters in the
+ * index. */
+int actl_store_publish(actl_store *s, const char *dir, const char *const *refs, size_t *count);
 
 #ifdef __cplusplus
 }

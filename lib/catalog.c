@@ -199,14 +199,15 @@ int actl__text_check(const char *what, const char *s, size_t max, bool multiline
         return actl__err(ACTL_EINVAL, "%s '%s' is %zu bytes, over the limit of %zu", what,
                          actl__quote(s, q, sizeof q), len, max);
     for (const unsigned char *p = (const unsigned char *)s; *p;) {
-        if (*p < 0x20 || *p == 0x7f) {
-            if (!(multiline && (*p == '\n' || *p == '\t')))
-                return actl__err(ACTL_EINVAL, "%s '%s' contains a control character", what,
-                                 actl__quote(s, q, sizeof q));
-        }
         size_t n = utf8_seq(p);
         if (!n)
             return actl__err(ACTL_EINVAL, "%s '%s' is not valid UTF-8", what,
+                             actl__quote(s, q, sizeof q));
+        /* C0, DEL and C1 (U+0080-U+009F, "\xc2\x80"-"\xc2\x9f"): C1 codes such
+         * as CSI move terminals as their escaped forms do. */
+        bool c0 = *p < 0x20 || *p == 0x7f, c1 = p[0] == 0xc2 && p[1] <= 0x9f;
+        if ((c0 && !(multiline && (*p == '\n' || *p == '\t'))) || c1)
+            return actl__err(ACTL_EINVAL, "%s '%s' contains a control character", what,
                              actl__quote(s, q, sizeof q));
         p += n;
     }
@@ -387,13 +388,14 @@ static int64_t now_ms(void)
 /* sqlite3_exec, retried while SQLITE_BUSY for up to BUSY_TIMEOUT_MS: some
  * lock waits (BEGIN IMMEDIATE under WAL, switching to WAL while another
  * connection opens the same new file) return BUSY without calling the busy
- * handler. */
-static int exec_retry(actl_store *s, const char *sql, const char *what)
+ * handler. cb as sqlite3_exec's (NULL: rows ignored). */
+static int exec_retry_cb(actl_store *s, const char *sql, const char *what,
+                         int (*cb)(void *, int, char **, char **), void *arg)
 {
     int64_t start = now_ms();
     unsigned seed = (unsigned)getpid() ^ (unsigned)start;
     for (;;) {
-        int r = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+        int r = sqlite3_exec(s->db, sql, cb, arg, NULL);
         if (r == SQLITE_OK)
             return ACTL_OK;
         if ((r & 0xff) != SQLITE_BUSY || now_ms() - start > BUSY_TIMEOUT_MS)
@@ -403,6 +405,11 @@ static int exec_retry(actl_store *s, const char *sql, const char *what)
         struct timespec ts = {0, (long)(1 + (seed >> 16) % 8) * 1000000L};
         nanosleep(&ts, NULL);
     }
+}
+
+static int exec_retry(actl_store *s, const char *sql, const char *what)
+{
+    return exec_retry_cb(s, sql, what, NULL, NULL);
 }
 
 int actl__db_begin(actl_store *s)
@@ -443,6 +450,13 @@ static int user_version(actl_store *s, int *out)
 
 /* ---- open and migrate ------------------------------------------------- */
 
+static int too_new(const actl_store *s, int v, int newest)
+{
+    return actl__err(ACTL_EUNSUPPORTED,
+                     "'%s' has schema version %d, newer than this adapterctl (%d)", s->db_path,
+                     v, newest);
+}
+
 int actl__store_migrate(actl_store *s, const actl__migration *list, size_t n)
 {
     int rc, v = 0;
@@ -458,9 +472,7 @@ int actl__store_migrate(actl_store *s, const actl__migration *list, size_t n)
      * have migrated in between. */
     for (int pass = 0; pass < 2; pass++) {
         if (v > newest) {
-            rc = actl__err(ACTL_EUNSUPPORTED,
-                           "'%s' has schema version %d, newer than this adapterctl (%d)",
-                           s->db_path, v, newest);
+            rc = too_new(s, v, newest);
             goto out;
         }
         if (v == newest)
@@ -497,6 +509,47 @@ out:
     return rc;
 }
 
+/* Settings every connection gets before it reads anything: a crafted
+ * catalogue cannot make SQL in its schema (views, triggers, defaults) call
+ * functions with side effects, nor can SQL corrupt the file on purpose. */
+static int harden(actl_store *s)
+{
+    int on = 0;
+    int r = sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 1, &on);
+    if (r != SQLITE_OK || !on)
+        return actl__db_err(s, r != SQLITE_OK ? r : SQLITE_ERROR,
+                            "cannot configure the catalogue");
+    return actl__db_exec(s, "PRAGMA trusted_schema = OFF", "cannot configure the catalogue");
+}
+
+static int int_cb(void *arg, int n, char **vals, char **names)
+{
+    (void)names;
+    if (n >= 1 && vals[0])
+        *(int *)arg = atoi(vals[0]);
+    return 0;
+}
+
+/* The schema version of an existing catalogue, read through a read-only
+ * connection: a store this adapterctl must refuse is refused before anything
+ * in it changes (its journal mode, its directories). */
+static int probe_version(actl_store *s, int *v)
+{
+    *v = 0;
+    int r = sqlite3_open_v2(s->db_path, &s->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+    int rc = r == SQLITE_OK ? ACTL_OK : actl__db_err(s, r, "cannot open the catalogue");
+    if (!rc) {
+        sqlite3_extended_result_codes(s->db, 1);
+        sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
+        if (!(rc = harden(s)))
+            rc = exec_retry_cb(s, "PRAGMA user_version", "cannot read the schema version",
+                               int_cb, v);
+    }
+    sqlite3_close_v2(s->db);
+    s->db = NULL;
+    return rc;
+}
+
 int actl_store_open(const char *dir, int flags, actl_store **out)
 {
     int rc = ACTL_OK;
@@ -526,16 +579,26 @@ int actl_store_open(const char *dir, int flags, actl_store **out)
         rc = actl__oom();
         goto out;
     }
-    if (create) {
-        if ((rc = mkdir_p(s->dir)) || (rc = mkdir_p(s->objects)) || (rc = mkdir_p(tmp)))
-            goto out;
-    } else if (!actl__is_dir(s->dir)) {
+    if (!create && !actl__is_dir(s->dir)) {
         rc = actl__err(ACTL_ENOTFOUND, "no store at '%s'", s->dir);
         goto out;
-    } else if (!actl__exists(s->db_path)) {
+    }
+    if (!create && !actl__exists(s->db_path)) {
         rc = actl__err(ACTL_ENOTFOUND, "no store at '%s': it has no catalog.db", s->dir);
         goto out;
     }
+    int newest = actl__migration_count ? actl__migrations[actl__migration_count - 1].number : 0;
+    int v = 0;
+    if (actl__exists(s->db_path)) {
+        if ((rc = probe_version(s, &v)))
+            goto out;
+        if (v > newest) {
+            rc = too_new(s, v, newest);
+            goto out;
+        }
+    }
+    if (create && ((rc = mkdir_p(s->dir)) || (rc = mkdir_p(s->objects)) || (rc = mkdir_p(tmp))))
+        goto out;
     int oflags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
     int r = sqlite3_open_v2(s->db_path, &s->db, oflags, NULL);
     if (r != SQLITE_OK) {
@@ -544,6 +607,8 @@ int actl_store_open(const char *dir, int flags, actl_store **out)
     }
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
+    if ((rc = harden(s)))
+        goto out;
     /* WAL: readers never wait for the writer. synchronous=FULL: a commit is on
      * disk when it returns, so a row never outlives a crash that its pack's
      * rename survived the other way round. */
@@ -648,14 +713,6 @@ static int keep_col(actl_entries *l, sqlite3_stmt *st, int c, const char **out)
     return rc;
 }
 
-static actl_kind kind_parse(const char *s)
-{
-    for (int k = ACTL_KIND_LORA; k <= ACTL_KIND_MOS; k++)
-        if (s && strcmp(actl_kind_name((actl_kind)k), s) == 0)
-            return (actl_kind)k;
-    return (actl_kind)0;
-}
-
 static int load_tags(actl_store *s, actl_entries *l, size_t from)
 {
     sqlite3_stmt *st = NULL;
@@ -726,8 +783,13 @@ int actl__entries_append(actl_store *s, actl_entries *l, sqlite3_stmt *st)
         actl_entry *e = &l->v[l->n];
         memset(e, 0, sizeof *e);
         l->ids[l->n] = sqlite3_column_int64(st, 0);
+        /* An unknown kind (a crafted or newer catalogue) reads as 0, which
+         * actl_kind_name answers with NULL; verify reports it. */
         const char *kind = (const char *)sqlite3_column_text(st, 3);
-        e->kind = kind_parse(kind);
+        actl_kind k = (actl_kind)0;
+        if (!kind || actl_kind_parse(kind, &k) != ACTL_OK)
+            actl__err_clear();
+        e->kind = k;
         e->version = sqlite3_column_int64(st, 2);
         e->rank = sqlite3_column_int(st, 5);
         e->group_size = sqlite3_column_int(st, 7);

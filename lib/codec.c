@@ -62,13 +62,24 @@ static int planes_of(int transform)
     return transform == T_F32 ? 4 : transform == T_NONE ? 1 : 2;
 }
 
-static void put64(unsigned char *p, uint64_t v)
+void actl__put_le32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+void actl__put_le64(unsigned char *p, uint64_t v)
 {
     for (int i = 0; i < 8; i++)
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
-static uint64_t get64(const unsigned char *p)
+uint32_t actl__get_le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+uint64_t actl__get_le64(const unsigned char *p)
 {
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--)
@@ -253,8 +264,8 @@ static int put_plane(ZSTD_CCtx *c, const unsigned char *plane, size_t raw, int l
         memcpy(out, plane, raw);
     memset(desc, 0, HDR_PLANE);
     desc[0] = (unsigned char)mode;
-    put64(desc + 8, raw);
-    put64(desc + 16, size);
+    actl__put_le64(desc + 8, raw);
+    actl__put_le64(desc + 16, size);
     *stored = size;
     return ACTL_OK;
 }
@@ -310,8 +321,8 @@ int actl__codec_compress(actl_dtype dt, const void *raw, size_t n, int level, vo
     d[5] = (unsigned char)dt;
     d[6] = (unsigned char)transform;
     d[7] = (unsigned char)np;
-    put64(d + 8, n);
-    put64(d + 16, actl__xxh64(raw, n, 0));
+    actl__put_le64(d + 8, n);
+    actl__put_le64(d + 16, actl__xxh64(raw, n, 0));
     size_t off = HDR_FIXED + HDR_PLANE * (size_t)np;
     for (int k = 0; k < np; k++) {
         size_t stored = 0;
@@ -376,11 +387,11 @@ int actl__codec_decompress(const void *frame, size_t len, actl_dtype dt, void *d
         return actl__err(ACTL_ECORRUPT,
                          "%s: frame uses transform %u with %u planes, %s needs %d with %d",
                          what, f[6], f[7], actl_dtype_name(dt), transform, np);
-    uint64_t n = get64(f + 8);
+    uint64_t n = actl__get_le64(f + 8);
     if (n != raw_size)
         return actl__err(ACTL_ECORRUPT, "%s: frame claims %llu raw bytes, the tensor has %zu",
                          what, (unsigned long long)n, raw_size);
-    uint64_t sum = get64(f + 16);
+    uint64_t sum = actl__get_le64(f + 16);
     size_t hdr = HDR_FIXED + HDR_PLANE * (size_t)np;
     if (len < hdr)
         return actl__err(ACTL_ECORRUPT, "%s: frame of %zu bytes is shorter than its header",
@@ -391,7 +402,7 @@ int actl__codec_decompress(const void *frame, size_t len, actl_dtype dt, void *d
     size_t off = hdr;
     for (int k = 0; k < np; k++) {
         const unsigned char *desc = f + HDR_FIXED + HDR_PLANE * k;
-        uint64_t praw = get64(desc + 8), stored = get64(desc + 16);
+        uint64_t praw = actl__get_le64(desc + 8), stored = actl__get_le64(desc + 16);
         mode[k] = desc[0];
         for (int i = 1; i < 8; i++)
             if (desc[i])
@@ -469,7 +480,7 @@ int actl__codec_decompress(const void *frame, size_t len, actl_dtype dt, void *d
             to = scratch + used;
             used += q;
         }
-        size_t stored = (size_t)get64(f + HDR_FIXED + HDR_PLANE * k + 16);
+        size_t stored = (size_t)actl__get_le64(f + HDR_FIXED + HDR_PLANE * k + 16);
         size_t r = ZSTD_decompressDCtx(dc, to, q, payload[k], stored);
         if (ZSTD_isError(r) || r != q) {
             rc = actl__err(ACTL_ECORRUPT, "%s: plane %d: %s", what, k,

@@ -225,8 +225,8 @@ int actl__codec_decompress(const void *frame, size_t len, actl_dtype dt, void *d
 /* Writes a's pack as objects_dir/<2 hex>/<64 hex>, built in memory: into a
  * temporary file objects_dir/tmp/pack.XXXXXX (directories made as needed),
  * fsynced, renamed, and the fanout directory fsynced. When a file of that
- * name and size exists, nothing is written (its mtime is set to now) and it
- * is shared. hex receives the digest, *stored the pack's size, *raw the
+ * name holds those bytes (its SHA-256 is checked), nothing is written and it
+ * is shared; a file of that name with other bytes (damaged) is replaced. hex receives the digest, *stored the pack's size, *raw the
  * tensors' raw size (both may be NULL). */
 int actl__pack_write(const actl_adapter *a, const char *objects_dir, char hex[65],
                      uint64_t *stored, uint64_t *raw);
@@ -329,5 +329,159 @@ bool actl__ends_with(const char *s, const char *suffix);
  * matching pattern key. Whatever writes an adapter's config passes it (peft.c
  * for adapter_config.json and actl_adapter_config). Defined in peft.c. */
 extern const char *const actl__peft_keep_order[];
+
+/* ---- store.c: entry points for pull.c (issue 4) ------------------------ */
+
+/* Adds an adapter whose pack is already a file: pack_path is a verified pack
+ * (its SHA-256 is hex) outside objects/, moved into objects/ by rename (or
+ * dropped when objects/ already holds hex); pack_path NULL when objects/
+ * already holds hex. a is the adapter the pack holds (actl__pack_load), from
+ * which the row's facts come, as in actl_store_add; o as in actl_store_add.
+ * Takes the gc lock as actl_store_add does. (store.c: a damaged file under
+ * hex in objects/ is replaced by pack_path; with pack_path NULL the file in
+ * objects/ is hashed: ACTL_ENOTFOUND when a gc took it since it was seen,
+ * ACTL_ECORRUPT when damaged.) */
+int actl__store_add_pack(actl_store *s, const char *pack_path, const char *hex,
+                         const actl_adapter *a, const actl_add_opts *o, actl_entries **out);
+/* 1 when objects/ holds a pack file named hex whose packs row exists, else 0. */
+int actl__store_has_pack(actl_store *s, const char *hex);
+/* <store>/partial: resumable downloads, one file per URL, each held with
+ * flock(LOCK_SH) by the pull writing it; gc removes those it can lock
+ * exclusively without waiting. */
+#define ACTL_PARTIAL_DIR "partial"
+
+/* ---- fetch.c (libcurl; DESIGN.md 7) ------------------------------------ */
+
+/* One download. The caller fills the inputs; actl__fetch_run fills the
+ * outputs. Policy, the same for every call: protocols http, https, file;
+ * redirects http and https only, at most 5; TLS peer and host verified;
+ * connect timeout (30 s) and a low-speed abort (under 1 KiB/s for the
+ * window); up to ACTL_FETCH_ATTEMPTS attempts with exponential backoff
+ * (doubling, capped at 10 s) on connection failures, bodies cut short, 5xx
+ * and 429, honouring Retry-After (seconds or HTTP-date, capped at 30 s)
+ * instead when given; every attempt counts, whether it brought bytes or not.
+ * A body larger than max_size (announced or actual) is refused. libcurl
+ * frames a body by its Content-Length, so bytes a server sends past what it
+ * announced are never written. Environment (for tests):
+ * ADAPTERCTL_FETCH_BACKOFF_MS sets the first backoff (default 500 ms),
+ * ADAPTERCTL_FETCH_LOW_SPEED_S the low-speed window (default 30 s).
+ * Thread-safe: concurrent calls on different actl__fetch structs. */
+#define ACTL_FETCH_ATTEMPTS 5
+typedef struct actl__fetch {
+    /* inputs (borrowed for the call) */
+    const char *url;
+    const char *path;          /* destination file: when it exists, the download resumes from
+                                  its size with Range (and If-Range: etag_in when that is a
+                                  strong ETag); a 200 answer restarts it from zero, a 416
+                                  whose Content-Range says the file has exactly that size
+                                  means it is complete. Bytes received before a dropped
+                                  connection are kept, and the next attempt (or a later call
+                                  with the same path) asks only for the rest. Created only
+                                  when a body arrives. file:// URLs are always copied whole.
+                                  NULL: into memory (resumed across attempts the same way) */
+    uint64_t max_size;         /* 0: ACTL_PULL_DEFAULT_MAX */
+    const char *if_none_match; /* ETag to revalidate, or NULL */
+    const char *etag_in;       /* ETag the partial file at `path` came from, or NULL (the
+                                  range is then asked for without If-Range) */
+    actl_progress_fn progress; /* or NULL; (bytes received so far by this call, bytes this
+                                  call expects in all or 0), ~10/s and once at the end */
+    void *progress_ctx;
+    /* outputs, all reset at the start of the call (data included: free it first) */
+    int not_modified;          /* 1: the server answered 304: nothing written or created,
+                                  sha256 "" and size 0 */
+    long status;               /* the final HTTP status: 200, 206, 304, or 416 when the file
+                                  at path was already complete; 0 for file:// */
+    char etag[256];            /* the final response's ETag as sent (quotes included), ""
+                                  if none; after a failure, the ETag the bytes kept at path
+                                  came with ("" if unknown), the next call's etag_in */
+    char linked_sha256[65];    /* X-Linked-Etag of any response of the redirect chain, quoted
+                                  or not, when it is 64 hex (lowercased here); else "" */
+    char sha256[65];           /* SHA-256 of the whole file (resumed prefix included) */
+    uint64_t size;             /* bytes of the complete file */
+    uint64_t transferred;      /* body bytes received over the wire by this call, summed
+                                  over its attempts (error pages not counted) */
+    char *data;                /* path NULL: the body (malloc'd, NUL-terminated; caller frees);
+                                  NULL after a failure or a 304 */
+} actl__fetch;
+/* Runs the download. Messages start "cannot download '<url>': " and say the
+ * problem: "HTTP 404", "HTTP 500 (5 attempts)", curl's words, "refused:
+ * redirect to 'ftp://...' is not allowed (http and https only)", "refused:
+ * more than 5 redirects", "body of N bytes is larger than the limit of M
+ * bytes", "body larger than the limit of M bytes", "closed after N of M
+ * bytes (5 attempts)". ACTL_ENOTFOUND for HTTP 404 and 410 and an absent
+ * file:// file (at once, no retry); ACTL_EIO for other network and server
+ * failures (4xx other than 429 at once, the rest after the retries);
+ * ACTL_ELIMIT for the size limit (the file at path is then truncated to
+ * zero: nothing in it is worth resuming); ACTL_EINVAL for a URL refused by
+ * actl__url_check, an ETag argument that is not printable ASCII of at most
+ * 255 characters, or a path that is not a regular file. After any other
+ * failure the file at path keeps what was received, for a later call to
+ * resume; a caller whose digest check fails must remove it, or the next
+ * call would build on the bad prefix. */
+int actl__fetch_run(actl__fetch *f);
+/* Checks a URL before any request, naming it (quoted) in the message:
+ * ACTL_EINVAL unless the scheme is http, https or file (any case), it is at
+ * most 8 KiB of printable ASCII without spaces (control characters,
+ * spaces and non-ASCII must be percent-encoded), http(s) names a host, file
+ * names none (or localhost) and has a path, and libcurl's parser accepts
+ * it. A NUL cannot be seen here: callers building a URL from a JSON string
+ * check its length for embedded NULs. */
+int actl__url_check(const char *url);
+
+/* ---- codec.c, pack.c: shared by the store's files (owner: the store library) ---- */
+
+/* Little-endian fixed-width fields of codec frames and pack prefixes. codec.c */
+void actl__put_le32(unsigned char *p, uint32_t v);
+void actl__put_le64(unsigned char *p, uint64_t v);
+uint32_t actl__get_le32(const unsigned char *p);
+uint64_t actl__get_le64(const unsigned char *p);
+/* True when s is exactly n lowercase hex digits followed by its NUL. pack.c */
+bool actl__is_hex(const char *s, size_t n);
+
+/* One tensor as a pack's header lists it. */
+typedef struct actl__pack_tensor {
+    const char *name;   /* PEFT key, lent by the index */
+    actl_dtype dtype;
+    char *shape;        /* the shape as compact JSON, "[16,64]" (owned by the index) */
+    uint64_t raw;       /* bytes uncompressed */
+    uint64_t stored;    /* bytes of its codec frame */
+    const char *sha256; /* of the raw bytes, 64 lowercase hex, lent */
+} actl__pack_tensor;
+/* What a pack's header says, every field checked as actl__pack_load checks
+ * it (the frames are not read). */
+typedef struct actl__pack_index {
+    json_t *header;        /* owns the strings lent above */
+    json_t *config;        /* the adapter's config, lent by header */
+    actl__pack_tensor *tensors; /* n, in name order */
+    size_t n;
+    uint64_t size;         /* the file's bytes */
+    uint64_t raw;          /* sum of tensors[i].raw */
+} actl__pack_index;
+/* Reads the index of the pack at path; when expect_hex is not NULL, the whole
+ * file's SHA-256 is checked first (ACTL_ECORRUPT). Errors as actl__pack_load.
+ * On failure *out is empty (actl__pack_index_free on it is harmless). */
+int actl__pack_index_read(const char *path, const char *expect_hex, actl__pack_index *out);
+void actl__pack_index_free(actl__pack_index *x);
+/* Puts the pack file src, whose SHA-256 is hex, at objects_dir/<2>/<hex> by
+ * rename (directories made as needed, the fanout directory fsynced). When a
+ * file with those exact bytes is already there, src is removed instead; a
+ * damaged or different file there is replaced. src must be on objects_dir's
+ * file system. */
+int actl__pack_install(const char *objects_dir, const char *src, const char *hex);
+/* actl__pack_verify, and when it found no problem and out is not NULL, the
+ * adapter the pack holds (as actl__pack_load gives it) in *out; *out is NULL
+ * otherwise. One pass over the frames serves both. */
+int actl__pack_verify_load(const char *path, const char *expect_hex, actl_problem_fn fn,
+                           void *ctx, size_t *problems, actl_adapter **out);
+
+/* Test hook, NULL in normal use (nothing sets it outside tests): when set,
+ * store.c calls it at the moments where a concurrent rm or gc matters, with
+ * `point` naming the moment:
+ *   "add"    an add's pack is in objects/, its rows not yet written (gc lock held)
+ *   "verify" verify holds the gc lock and its read snapshot
+ *   "load"   a load has found the row and is about to read its pack
+ * tests/test_store.c holds an operation there while another process runs rm
+ * or gc, to pin what each may do. Not to be changed while store calls run. */
+extern void (*actl__store_test_pause)(const char *point);
 
 #endif /* ACTL_INTERNAL_H */

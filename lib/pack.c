@@ -31,31 +31,6 @@
  * and is refused before its buffer is allocated. */
 #define MAX_EXPANSION 32768u
 
-static void put32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static void put64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint32_t get32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
 char *actl__pack_path(const char *objects_dir, const char *hex)
 {
     size_t dl = strlen(objects_dir);
@@ -63,13 +38,56 @@ char *actl__pack_path(const char *objects_dir, const char *hex)
     return actl__strdup_printf("%s%s%.2s/%s", objects_dir, slash ? "" : "/", hex, hex);
 }
 
-static bool is_hex64(const char *s)
+bool actl__is_hex(const char *s, size_t n)
 {
-    size_t i = 0;
-    for (; s[i] && i < 65; i++)
+    for (size_t i = 0; i < n; i++)
         if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return false;
-    return i == 64;
+            return false; /* the NUL of a shorter string stops here too */
+    return s[n] == '\0';
+}
+
+/* Whether the file at path is a regular file whose SHA-256 is hex. Any
+ * failure to read it counts as "no": the caller then replaces it. */
+static int file_has_digest(const char *path, const char *hex, bool *same)
+{
+    int fd = -1, rc = ACTL_OK;
+    uint64_t size;
+    actl__sha256 *h = NULL;
+    unsigned char *buf = NULL, digest[32];
+    *same = false;
+    if (actl__open_regular(path, &fd, &size) != ACTL_OK) {
+        actl__err_clear();
+        return ACTL_OK;
+    }
+    if (!(buf = malloc(1 << 18))) {
+        rc = actl__oom();
+        goto out;
+    }
+    if ((rc = actl__sha256_new(&h)))
+        goto out;
+    for (;;) {
+        ssize_t r = read(fd, buf, 1 << 18);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            goto out; /* unreadable: not the same */
+        if (r == 0)
+            break;
+        if ((rc = actl__sha256_update(h, buf, (size_t)r)))
+            goto out;
+    }
+    rc = actl__sha256_final(h, digest);
+    h = NULL;
+    if (rc)
+        goto out;
+    char got[65];
+    actl__hex(digest, 32, got);
+    *same = strcmp(got, hex) == 0;
+out:
+    actl__sha256_free(h);
+    free(buf);
+    close(fd);
+    return rc;
 }
 
 /* ---- write ------------------------------------------------------------------ */
@@ -144,24 +162,71 @@ static int write_all(int fd, const void *buf, size_t n, const char *path)
     return ACTL_OK;
 }
 
+/* Moves the complete, fsynced file src to `path` (objects_dir/<2>/<64>), unless
+ * a file with its digest is already there: then src is removed and the file in
+ * place shared. A file of that name with other bytes (damaged, or cut short by
+ * a crash of a system without ordered writes) is replaced. The fanout
+ * directory is fsynced after a rename, and objects_dir too when the fanout
+ * directory is new. */
+static int place(const char *objects_dir, const char *src, const char *path, const char *hex)
+{
+    bool made_fan = false, same = false;
+    char *fandir = strdup(path);
+    int rc = ACTL_OK;
+    if (!fandir)
+        return actl__oom();
+    *strrchr(fandir, '/') = '\0';
+    if ((rc = ensure_dir(objects_dir, NULL)) || (rc = ensure_dir(fandir, &made_fan)) ||
+        (rc = file_has_digest(path, hex, &same)))
+        goto out;
+    if (same) {
+        if (unlink(src) != 0 && errno != ENOENT)
+            rc = actl__err(ACTL_EIO, "cannot remove '%s': %s", src, strerror(errno));
+        goto out;
+    }
+    if (rename(src, path) != 0) {
+        rc = actl__err(ACTL_EIO, "cannot rename '%s' to '%s': %s", src, path, strerror(errno));
+        goto out;
+    }
+    if ((rc = actl__fsync_dir(fandir)))
+        goto out;
+    if (made_fan)
+        rc = actl__fsync_dir(objects_dir);
+out:
+    free(fandir);
+    return rc;
+}
+
+int actl__pack_install(const char *objects_dir, const char *src, const char *hex)
+{
+    if (!objects_dir || !src || !hex)
+        return actl__err(ACTL_EINVAL, "pack install: NULL argument");
+    if (!actl__is_hex(hex, 64))
+        return actl__err(ACTL_EINVAL, "pack install: '%s' is not a SHA-256 in lowercase hex",
+                         hex);
+    char *path = actl__pack_path(objects_dir, hex);
+    if (!path)
+        return actl__oom();
+    int rc = place(objects_dir, src, path, hex);
+    free(path);
+    return rc;
+}
+
 /* Puts the pack's three pieces at `path` through a temporary file in
- * objects_dir/tmp: write, fsync, rename, fsync of the fanout directory (and of
- * objects_dir when the fanout directory is new). */
-static int publish(const char *objects_dir, const char *path, const unsigned char *prefix,
-                   const char *header, size_t hlen, const unsigned char *frames, size_t flen)
+ * objects_dir/tmp: write, fsync, then place(). */
+static int publish(const char *objects_dir, const char *path, const char *hex,
+                   const unsigned char *prefix, const char *header, size_t hlen,
+                   const unsigned char *frames, size_t flen)
 {
     int rc = ACTL_OK, fd = -1;
-    bool made_fan = false, created = false;
+    bool created = false;
     char *tmpdir = actl__path_join(objects_dir, "tmp");
     char *tmp = tmpdir ? actl__path_join(tmpdir, "pack.XXXXXX") : NULL;
-    char *fandir = strdup(path);
-    if (!tmp || !fandir) {
+    if (!tmp) {
         rc = actl__oom();
         goto out;
     }
-    *strrchr(fandir, '/') = '\0';
-    if ((rc = ensure_dir(objects_dir, NULL)) || (rc = ensure_dir(tmpdir, NULL)) ||
-        (rc = ensure_dir(fandir, &made_fan)))
+    if ((rc = ensure_dir(objects_dir, NULL)) || (rc = ensure_dir(tmpdir, NULL)))
         goto out;
     if ((fd = mkstemp(tmp)) < 0) {
         rc = actl__err(ACTL_EIO, "cannot create a temporary file in '%s': %s", tmpdir,
@@ -186,15 +251,8 @@ static int publish(const char *objects_dir, const char *path, const unsigned cha
         rc = actl__err(ACTL_EIO, "cannot write '%s': %s", tmp, strerror(errno));
         goto out;
     }
-    if (rename(tmp, path) != 0) {
-        rc = actl__err(ACTL_EIO, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
-        goto out;
-    }
-    created = false; /* renamed: nothing left to remove */
-    if ((rc = actl__fsync_dir(fandir)))
-        goto out;
-    if (made_fan)
-        rc = actl__fsync_dir(objects_dir);
+    rc = place(objects_dir, tmp, path, hex);
+    created = rc != ACTL_OK; /* placed: renamed or removed */
 out:
     if (fd >= 0)
         close(fd);
@@ -202,7 +260,6 @@ out:
         unlink(tmp);
     free(tmp);
     free(tmpdir);
-    free(fandir);
     return rc;
 }
 
@@ -274,9 +331,9 @@ int actl__pack_write(const actl_adapter *a, const char *objects_dir, char hex[65
 
     unsigned char prefix[PREFIX];
     memcpy(prefix, ACTL_PACK_MAGIC, 8);
-    put32(prefix + 8, ACTL_PACK_FORMAT);
-    put32(prefix + 12, (uint32_t)actl__xxh64(header, hlen, 0));
-    put64(prefix + 16, hlen);
+    actl__put_le32(prefix + 8, ACTL_PACK_FORMAT);
+    actl__put_le32(prefix + 12, (uint32_t)actl__xxh64(header, hlen, 0));
+    actl__put_le64(prefix + 16, hlen);
 
     unsigned char digest[32];
     if ((rc = actl__sha256_new(&h)) || (rc = actl__sha256_update(h, prefix, PREFIX)) ||
@@ -294,12 +351,13 @@ int actl__pack_write(const actl_adapter *a, const char *objects_dir, char hex[65
         rc = actl__oom();
         goto out;
     }
-    struct stat st;
-    if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == total) {
-        /* The same bytes are there: share them. Touching the file tells an
-         * age-based collector that it was just referenced again. */
-        (void)utimensat(AT_FDCWD, path, NULL, 0);
-    } else if ((rc = publish(objects_dir, path, prefix, header, hlen, frames, off))) {
+    /* A file of that name with the same bytes is shared; one with other bytes
+     * (damaged) is replaced. Hashing it costs what writing it would, and
+     * trusting its name alone would let a damaged pack be referenced again. */
+    bool same = false;
+    if ((rc = file_has_digest(path, dhex, &same)))
+        goto out;
+    if (!same && (rc = publish(objects_dir, path, dhex, prefix, header, hlen, frames, off))) {
         rc = actl__err_wrap(rc, "cannot store the pack of '%s'", origin);
         goto out;
     }
@@ -436,7 +494,7 @@ static int parse_entry(const pack *p, size_t i, json_t *o, const char *prev, uin
                          path, e->name, (unsigned long long)e->raw,
                          (unsigned long long)e->stored);
     json_t *sha = json_object_get(o, "sha256");
-    if (!json_is_string(sha) || !is_hex64(json_string_value(sha)))
+    if (!json_is_string(sha) || !actl__is_hex(json_string_value(sha), 64))
         return actl__err(ACTL_EFORMAT, "pack '%s': tensor '%s': sha256 is not 64 lowercase hex digits",
                          path, e->name);
     e->sha256 = json_string_value(sha);
@@ -479,16 +537,16 @@ static int pack_parse(pack *p)
     const unsigned char *b = p->map;
     if (memcmp(b, ACTL_PACK_MAGIC, 8) != 0)
         return actl__err(ACTL_EFORMAT, "'%s' is not a pack (bad magic)", path);
-    uint32_t format = get32(b + 8);
+    uint32_t format = actl__get_le32(b + 8);
     if (format != ACTL_PACK_FORMAT)
         return actl__err(ACTL_EUNSUPPORTED, "pack '%s' has format %u; this adapterctl reads %d",
                          path, format, ACTL_PACK_FORMAT);
-    uint64_t hlen = get64(b + 16);
+    uint64_t hlen = actl__get_le64(b + 16);
     if (hlen > p->size - PREFIX || hlen % 8 || hlen > ACTL_ST_MAX_HEADER)
         return actl__err(ACTL_EFORMAT, "pack '%s': header length %llu does not fit the %zu-byte file",
                          path, (unsigned long long)hlen, p->size);
     const char *hdr = (const char *)b + PREFIX;
-    if ((uint32_t)actl__xxh64(hdr, (size_t)hlen, 0) != get32(b + 12))
+    if ((uint32_t)actl__xxh64(hdr, (size_t)hlen, 0) != actl__get_le32(b + 12))
         return actl__err(ACTL_ECORRUPT, "pack '%s': header checksum mismatch", path);
     p->data = b + PREFIX + hlen;
     p->data_len = p->size - PREFIX - (size_t)hlen;
@@ -557,6 +615,43 @@ static int decode(const pack *p, size_t i, void *dst)
     return ACTL_OK;
 }
 
+/* A new owned tensor holding entry i's raw bytes, checked against its SHA-256. */
+static int decode_tensor(const pack *p, size_t i, actl_tensor **out)
+{
+    const pack_entry *e = &p->ents[i];
+    actl_tensor *t;
+    int rc = actl__tensor_view(e->name, e->dtype, e->ndim, e->shape, NULL, &t);
+    if (rc)
+        return rc;
+    /* Owned from here (freed with it); never malloc(0). */
+    t->owned = true;
+    if (!(t->data = malloc(t->nbytes ? t->nbytes : 1)))
+        rc = actl__oom();
+    else
+        rc = decode(p, i, t->data);
+    if (rc)
+        actl_tensor_free(t);
+    else
+        *out = t;
+    return rc;
+}
+
+/* Builds the adapter from the n decoded tensors (taking them and the array). */
+static int build(const pack *p, const actl_tensor **tensors, actl_adapter **out)
+{
+    json_incref(p->config);
+    return actl__adapter_build(p->config, tensors, p->n, true, NULL, p->path, p->path, p->path,
+                               out);
+}
+
+static void tensors_free(const actl_tensor **tensors, size_t n)
+{
+    if (tensors)
+        for (size_t i = 0; i < n; i++)
+            actl_tensor_free((actl_tensor *)tensors[i]);
+    free(tensors);
+}
+
 int actl__pack_load(const char *path, const char *expect_hex, actl_adapter **out)
 {
     int rc = ACTL_OK;
@@ -566,7 +661,7 @@ int actl__pack_load(const char *path, const char *expect_hex, actl_adapter **out
     if (!path || !out)
         return actl__err(ACTL_EINVAL, "pack load: NULL argument");
     *out = NULL;
-    if (expect_hex && !is_hex64(expect_hex))
+    if (expect_hex && !actl__is_hex(expect_hex, 64))
         return actl__err(ACTL_EINVAL, "pack load: '%s' is not a SHA-256 in lowercase hex",
                          expect_hex);
     /* The digest first: when it fails, the bytes are damaged, whatever else
@@ -579,32 +674,74 @@ int actl__pack_load(const char *path, const char *expect_hex, actl_adapter **out
         goto out;
     }
     for (made = 0; made < p.n; made++) {
-        const pack_entry *e = &p.ents[made];
         actl_tensor *t;
-        if ((rc = actl__tensor_view(e->name, e->dtype, e->ndim, e->shape, NULL, &t)))
+        if ((rc = decode_tensor(&p, made, &t)))
             goto out;
         tensors[made] = t;
-        /* Owned from here (freed with it); never malloc(0). */
-        t->owned = true;
-        if (!(t->data = malloc(t->nbytes ? t->nbytes : 1))) {
-            made++;
+    }
+    rc = build(&p, tensors, out);
+    tensors = NULL;
+out:
+    tensors_free(tensors, made);
+    pack_close(&p);
+    return rc;
+}
+
+/* ---- index ------------------------------------------------------------------ */
+
+void actl__pack_index_free(actl__pack_index *x)
+{
+    if (!x)
+        return;
+    for (size_t i = 0; i < x->n; i++)
+        free(x->tensors[i].shape);
+    free(x->tensors);
+    json_decref(x->header);
+    memset(x, 0, sizeof *x);
+}
+
+int actl__pack_index_read(const char *path, const char *expect_hex, actl__pack_index *out)
+{
+    int rc = ACTL_OK;
+    pack p;
+    if (!out)
+        return actl__err(ACTL_EINVAL, "pack index: NULL argument");
+    memset(out, 0, sizeof *out);
+    if (!path)
+        return actl__err(ACTL_EINVAL, "pack index: NULL argument");
+    if (expect_hex && !actl__is_hex(expect_hex, 64))
+        return actl__err(ACTL_EINVAL, "pack index: '%s' is not a SHA-256 in lowercase hex",
+                         expect_hex);
+    if ((rc = pack_map(path, &p)) || (expect_hex && (rc = check_digest(&p, expect_hex))) ||
+        (rc = pack_parse(&p)))
+        goto out;
+    if (p.n && !(out->tensors = calloc(p.n, sizeof *out->tensors))) {
+        rc = actl__oom();
+        goto out;
+    }
+    json_t *list = json_object_get(p.root, "tensors");
+    for (size_t i = 0; i < p.n; i++, out->n++) {
+        const pack_entry *e = &p.ents[i];
+        actl__pack_tensor *t = &out->tensors[i];
+        if (!(t->shape = actl__json_dump(json_object_get(json_array_get(list, i), "shape"), -1))) {
             rc = actl__oom();
             goto out;
         }
-        if ((rc = decode(&p, made, t->data))) {
-            made++;
-            goto out;
-        }
+        t->name = e->name;
+        t->dtype = e->dtype;
+        t->raw = e->raw;
+        t->stored = e->stored;
+        t->sha256 = e->sha256;
+        out->raw += e->raw;
     }
-    json_incref(p.config);
-    rc = actl__adapter_build(p.config, tensors, p.n, true, NULL, path, path, path, out);
-    tensors = NULL;
-    made = 0;
+    /* The strings lent above live in the header, which moves to the index. */
+    out->header = p.root;
+    out->config = p.config;
+    out->size = p.size;
+    p.root = NULL;
 out:
-    if (tensors)
-        for (size_t i = 0; i < made; i++)
-            actl_tensor_free((actl_tensor *)tensors[i]);
-    free(tensors);
+    if (rc)
+        actl__pack_index_free(out);
     pack_close(&p);
     return rc;
 }
@@ -621,15 +758,18 @@ static int report(int rc, actl_problem_fn fn, void *ctx, size_t *count)
     return ACTL_OK;
 }
 
-int actl__pack_verify(const char *path, const char *expect_hex, actl_problem_fn fn, void *ctx,
-                      size_t *problems)
+int actl__pack_verify_load(const char *path, const char *expect_hex, actl_problem_fn fn,
+                           void *ctx, size_t *problems, actl_adapter **out)
 {
     int rc = ACTL_OK;
     pack p;
     size_t count = 0;
+    const actl_tensor **tensors = NULL;
+    if (out)
+        *out = NULL;
     if (!path || !problems)
         return actl__err(ACTL_EINVAL, "pack verify: NULL argument");
-    if (expect_hex && !is_hex64(expect_hex))
+    if (expect_hex && !actl__is_hex(expect_hex, 64))
         return actl__err(ACTL_EINVAL, "pack verify: '%s' is not a SHA-256 in lowercase hex",
                          expect_hex);
     if ((rc = pack_map(path, &p))) {
@@ -644,20 +784,35 @@ int actl__pack_verify(const char *path, const char *expect_hex, actl_problem_fn 
         rc = report(rc, fn, ctx, &count);
         goto out;
     }
+    if (out && p.n && !(tensors = calloc(p.n, sizeof *tensors))) {
+        rc = actl__oom();
+        goto out;
+    }
     for (size_t i = 0; i < p.n; i++) {
-        const pack_entry *e = &p.ents[i];
-        void *buf = malloc(e->raw ? (size_t)e->raw : 1);
-        if (!buf) {
-            rc = actl__oom();
+        actl_tensor *t = NULL;
+        if ((rc = decode_tensor(&p, i, &t)) && (rc = report(rc, fn, ctx, &count)))
             goto out;
-        }
-        rc = decode(&p, i, buf);
-        free(buf);
-        if (rc && (rc = report(rc, fn, ctx, &count)))
-            goto out;
+        if (tensors)
+            tensors[i] = t; /* NULL for a damaged one: no adapter is built then */
+        else
+            actl_tensor_free(t);
+    }
+    if (tensors && count == 0) {
+        /* Intact bytes that do not make an adapter are a problem too. */
+        const actl_tensor **taken = tensors;
+        tensors = NULL;
+        if ((rc = build(&p, taken, out)))
+            rc = report(rc, fn, ctx, &count);
     }
 out:
+    tensors_free(tensors, p.n);
     pack_close(&p);
     *problems = count;
     return rc;
+}
+
+int actl__pack_verify(const char *path, const char *expect_hex, actl_problem_fn fn, void *ctx,
+                      size_t *problems)
+{
+    return actl__pack_verify_load(path, expect_hex, fn, ctx, problems, NULL);
 }

@@ -10,8 +10,11 @@
  *
  * gc and adds meet at <store>/gc.lock: each add holds LOCK_SH from before it
  * writes its pack until its rows commit, gc holds LOCK_EX for its whole scan,
- * so gc never sees a pack an add is about to reference as an orphan. flock
- * locks die with their process, so a killed add blocks nothing. */
+ * so gc never sees a pack an add is about to reference as an orphan. verify
+ * holds LOCK_SH for its whole run too, so no pack of a row in its snapshot is
+ * collected under it; loads take no lock and tell a removal meanwhile from a
+ * lost pack by looking the row up again. flock locks die with their process,
+ * so a killed add blocks nothing. */
 #include "internal.h"
 
 #include <dirent.h>
@@ -30,6 +33,14 @@
 #define LABEL_CAP (REF_CAP + 24)
 
 /* ---- small helpers ---------------------------------------------------- */
+
+void (*actl__store_test_pause)(const char *point);
+
+static void test_pause(const char *point)
+{
+    if (actl__store_test_pause)
+        actl__store_test_pause(point);
+}
 
 static int lock_take(const actl_store *s, int op, int *fd_out)
 {
@@ -51,14 +62,6 @@ static void lock_release(int fd)
 {
     if (fd >= 0)
         close(fd); /* releases the flock */
-}
-
-static bool is_hex(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return false;
-    return s[n] == '\0';
 }
 
 static int bind_text(sqlite3_stmt *st, int i, const char *v)
@@ -114,112 +117,6 @@ static int resolve(actl_store *s, const char *ref, int64_t *id, char label[LABEL
     return rc;
 }
 
-/* ---- the pack's tensor index ------------------------------------------ */
-
-/* One tensor as a pack header lists it; strings lent by the parsed header
- * except shape, which is the compact JSON of the shape array (owned). */
-typedef struct pack_tensor {
-    const char *name;
-    const char *dtype;
-    char *shape;
-    int64_t raw;
-    const char *sha256;
-} pack_tensor;
-
-typedef struct pack_index {
-    json_t *root;
-    pack_tensor *t;
-    size_t n;
-    uint64_t raw; /* sum of t[i].raw */
-} pack_index;
-
-static void pack_index_free(pack_index *x)
-{
-    for (size_t i = 0; i < x->n; i++)
-        free(x->t[i].shape);
-    free(x->t);
-    json_decref(x->root);
-    memset(x, 0, sizeof *x);
-}
-
-static uint64_t le64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-/* Reads the header of the pack at path (layout in internal.h, pack.c) for its
- * tensor list. Only the header is read; pack.c checks the frames. */
-static int pack_index_read(const char *path, pack_index *x)
-{
-    int rc = ACTL_OK;
-    char *hdr = NULL;
-    unsigned char pre[24];
-    memset(x, 0, sizeof *x);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return actl__err(errno == ENOENT ? ACTL_ENOTFOUND : ACTL_EIO, "cannot open '%s': %s",
-                         path, strerror(errno));
-    if (fread(pre, 1, sizeof pre, f) != sizeof pre || memcmp(pre, ACTL_PACK_MAGIC, 8) != 0) {
-        rc = actl__err(ACTL_EFORMAT, "'%s' is not a pack", path);
-        goto out;
-    }
-    uint64_t hlen = le64(pre + 16);
-    if (hlen == 0 || hlen > ACTL_ST_MAX_HEADER) {
-        rc = actl__err(ACTL_EFORMAT, "'%s': header length %llu is out of range", path,
-                       (unsigned long long)hlen);
-        goto out;
-    }
-    if (!(hdr = malloc(hlen))) {
-        rc = actl__oom();
-        goto out;
-    }
-    if (fread(hdr, 1, hlen, f) != hlen) {
-        rc = actl__err(ACTL_EFORMAT, "'%s': the header is cut short", path);
-        goto out;
-    }
-    if ((rc = actl__json_parse(hdr, hlen, path, &x->root)))
-        goto out;
-    json_t *ts = json_object_get(x->root, "tensors");
-    if (!json_is_array(ts)) {
-        rc = actl__err(ACTL_EFORMAT, "'%s': the header has no tensor list", path);
-        goto out;
-    }
-    size_t n = json_array_size(ts);
-    if (n && !(x->t = calloc(n, sizeof *x->t))) {
-        rc = actl__oom();
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        json_t *t = json_array_get(ts, i);
-        pack_tensor *p = &x->t[i];
-        json_t *raw = json_object_get(t, "raw"), *shape = json_object_get(t, "shape");
-        p->name = json_string_value(json_object_get(t, "name"));
-        p->dtype = json_string_value(json_object_get(t, "dtype"));
-        p->sha256 = json_string_value(json_object_get(t, "sha256"));
-        if (!p->name || !p->dtype || !p->sha256 || !json_is_integer(raw) ||
-            json_integer_value(raw) < 0 || !json_is_array(shape)) {
-            rc = actl__err(ACTL_EFORMAT, "'%s': tensor %zu of the header is malformed", path, i);
-            goto out;
-        }
-        p->raw = json_integer_value(raw);
-        x->raw += (uint64_t)p->raw;
-        x->n++;
-        if (!(p->shape = actl__json_dump(shape, -1))) {
-            rc = actl__oom();
-            goto out;
-        }
-    }
-out:
-    if (rc)
-        pack_index_free(x);
-    free(hdr);
-    fclose(f);
-    return rc;
-}
-
 /* ---- add -------------------------------------------------------------- */
 
 /* The adapted modules' names as a JSON array (malloc'd). */
@@ -245,41 +142,124 @@ out:
     return rc;
 }
 
-static int insert_pack_rows(actl_store *s, const char *hex, uint64_t stored, uint64_t raw,
-                            int64_t created, const pack_index *ix)
+/* An adapter row's facts that come from the adapter itself: the same for
+ * add and for verify, which recomputes them from the pack. */
+typedef struct row_facts {
+    const char *kind;    /* actl_kind_name */
+    int rank;
+    const char *variant; /* RoAd; else NULL */
+    int group_size;      /* RoAd; else 0 */
+    char *modules;       /* target_modules_json (owned) */
+    const char *config;  /* actl_adapter_config (lent by the adapter) */
+} row_facts;
+
+static int row_facts_get(const actl_adapter *a, const char *origin, row_facts *f)
+{
+    actl_adapter_info info;
+    actl_adapter_info_get(a, &info);
+    memset(f, 0, sizeof *f);
+    if (!(f->kind = actl_kind_name(info.kind)))
+        return actl__err(ACTL_EINVAL, "adapter '%s' has no known kind", origin);
+    f->rank = info.rank;
+    if (info.kind == ACTL_KIND_ROAD) {
+        f->variant = actl_road_variant_name(info.variant);
+        f->group_size = info.group_size;
+    }
+    f->config = actl_adapter_config(a);
+    return target_modules_json(a, &f->modules);
+}
+
+/* Everything an add records besides its pack, checked before any file is
+ * written: what the caller can get wrong fails without touching the store. */
+typedef struct add_plan {
+    const char *name;
+    const char *base; /* o->base_model, else the config's */
+    row_facts facts;
+    char *keys;       /* actl__tags_parse */
+    const char **vals;
+    size_t n_tags;
+} add_plan;
+
+static void add_plan_free(add_plan *p)
+{
+    free(p->facts.modules);
+    free(p->keys);
+    free(p->vals);
+    memset(p, 0, sizeof *p);
+}
+
+static int add_plan_make(const actl_adapter *a, const actl_add_opts *o, add_plan *p)
+{
+    int rc;
+    actl_adapter_info info;
+    memset(p, 0, sizeof *p);
+    actl_adapter_info_get(a, &info);
+    p->name = o->name;
+    p->base = o->base_model ? o->base_model : info.base_model;
+    if ((rc = actl_name_check(o->name)))
+        return rc;
+    if (o->version < 0)
+        return actl__err(ACTL_EINVAL, "version %lld of '%s' is not a positive integer",
+                         (long long)o->version, o->name);
+    if (o->base_model && !*o->base_model)
+        return actl__err(ACTL_EINVAL, "base model is empty");
+    if ((p->base && (rc = actl__text_check("base model", p->base, 1024, false))) ||
+        (o->description &&
+         (rc = actl__text_check("description", o->description, 65536, true))) ||
+        (o->source && (rc = actl__text_check("source", o->source, 4096, false))) ||
+        (rc = actl__tags_parse(o->tags, &p->keys, &p->vals, &p->n_tags)) ||
+        (rc = row_facts_get(a, o->name, &p->facts)))
+        add_plan_free(p);
+    return rc;
+}
+
+/* The version a new row of `name` gets: `asked` when no row has it, else
+ * ACTL_EEXIST; 0 asks for one past the highest the name has ever had (the
+ * names table remembers removed ones, so NAME@V always means the same
+ * bytes). The names table is brought up to the result. Inside the add's
+ * transaction. */
+static int add_version(actl_store *s, const char *name, int64_t asked, int64_t *out)
 {
     sqlite3_stmt *st = NULL;
+    int64_t version = asked;
     int rc = actl__db_prepare(s,
-                              "INSERT OR IGNORE INTO packs (digest, stored_bytes, raw_bytes, "
-                              "created) VALUES (?, ?, ?, ?)",
+                              asked ? "SELECT 1 FROM adapters WHERE name = ?1 AND version = ?2"
+                                    : "SELECT max(coalesce((SELECT last_version FROM names "
+                                      "WHERE name = ?1), 0), coalesce((SELECT max(version) "
+                                      "FROM adapters WHERE name = ?1), 0))",
                               &st);
     if (rc)
         return rc;
-    sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, (int64_t)stored);
-    sqlite3_bind_int64(st, 3, (int64_t)raw);
-    sqlite3_bind_int64(st, 4, created);
-    rc = step_done(s, st, "cannot insert a pack row");
-    sqlite3_finalize(st);
-    st = NULL;
-    if (rc || sqlite3_changes(s->db) == 0) /* an existing pack has its tensor rows */
-        return rc;
-    if ((rc = actl__db_prepare(s,
-                               "INSERT INTO pack_tensors (pack, name, dtype, shape, raw_bytes, "
-                               "sha256) VALUES (?, ?, ?, ?, ?, ?)",
-                               &st)))
-        return rc;
-    for (size_t i = 0; !rc && i < ix->n; i++) {
-        sqlite3_reset(st);
-        sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, ix->t[i].name, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, ix->t[i].dtype, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 4, ix->t[i].shape, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 5, ix->t[i].raw);
-        sqlite3_bind_text(st, 6, ix->t[i].sha256, -1, SQLITE_STATIC);
-        rc = step_done(s, st, "cannot insert the tensor index");
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    if (asked)
+        sqlite3_bind_int64(st, 2, asked);
+    int r = sqlite3_step(st);
+    if (r != SQLITE_ROW && r != SQLITE_DONE) {
+        rc = actl__db_err(s, r, "cannot look up versions");
+    } else if (asked && r == SQLITE_ROW) {
+        rc = actl__err(ACTL_EEXIST, "'%s@%lld' already exists", name, (long long)asked);
+    } else if (!asked) {
+        int64_t last = sqlite3_column_int64(st, 0);
+        if (last == INT64_MAX)
+            rc = actl__err(ACTL_ELIMIT, "'%s' has reached the largest version", name);
+        version = last + 1;
     }
     sqlite3_finalize(st);
+    st = NULL;
+    if (rc)
+        return rc;
+    if ((rc = actl__db_prepare(s,
+                               "INSERT INTO names (name, last_version) VALUES (?1, ?2) "
+                               "ON CONFLICT (name) DO UPDATE SET last_version = "
+                               "max(last_version, excluded.last_version)",
+                               &st)))
+        return rc;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, version);
+    rc = step_done(s, st, "cannot record the version");
+    sqlite3_finalize(st);
+    if (!rc)
+        *out = version;
     return rc;
 }
 
@@ -299,172 +279,114 @@ static int pack_row_exists(actl_store *s, const char *hex, bool *exists)
     return rc;
 }
 
-int actl_store_add(actl_store *s, const actl_adapter *a, const actl_add_opts *o,
-                   actl_entries **out)
+/* The packs row of hex and its tensor index, from the pack's own header
+ * (ix), unless another add inserted them first. */
+static int insert_pack_rows(actl_store *s, const char *hex, const actl__pack_index *ix,
+                            int64_t created)
 {
-    int rc = ACTL_OK, lock = -1;
-    char *keys = NULL, *modules = NULL, *pack_path = NULL;
-    const char **vals = NULL;
-    size_t n_tags = 0;
     sqlite3_stmt *st = NULL;
-    actl_entries *l = NULL;
-    pack_index ix;
-    bool have_ix = false, in_tx = false, wrap = false;
-    char hex[65], label[LABEL_CAP] = "";
-    uint64_t stored = 0, raw = 0;
-    memset(&ix, 0, sizeof ix);
-    if (out)
-        *out = NULL;
-    if (!s || !a || !o)
-        return actl__err(ACTL_EINVAL, "store add: NULL argument");
-
-    /* Everything the caller can get wrong is refused before any file is written. */
-    actl_adapter_info info;
-    actl_adapter_info_get(a, &info);
-    const char *base = o->base_model ? o->base_model : info.base_model;
-    if ((rc = actl_name_check(o->name)))
-        goto out;
-    if (o->version < 0) {
-        rc = actl__err(ACTL_EINVAL, "version %lld of '%s' is not a positive integer",
-                       (long long)o->version, o->name);
-        goto out;
-    }
-    if (base && (rc = actl__text_check("base model", base, 1024, false)))
-        goto out;
-    if (o->base_model && !*o->base_model) {
-        rc = actl__err(ACTL_EINVAL, "base model is empty");
-        goto out;
-    }
-    if (o->description && (rc = actl__text_check("description", o->description, 65536, true)))
-        goto out;
-    if (o->source && (rc = actl__text_check("source", o->source, 4096, false)))
-        goto out;
-    if ((rc = actl__tags_parse(o->tags, &keys, &vals, &n_tags)))
-        goto out;
-    const char *kind = actl_kind_name(info.kind);
-    if (!kind) {
-        rc = actl__err(ACTL_EINVAL, "adapter '%s' has no known kind", o->name);
-        goto out;
-    }
-    if ((rc = target_modules_json(a, &modules)))
-        goto out;
-
-    if ((rc = lock_take(s, LOCK_SH, &lock)))
-        goto out;
-    wrap = true;
-    if ((rc = actl__pack_write(a, s->objects, hex, &stored, &raw)))
-        goto out;
-    /* The tensor index comes from the pack's own header, read before the
-     * transaction to keep it short; a pack already catalogued has its rows,
-     * and keeps them while we hold the lock. */
-    bool known = false;
-    if ((rc = pack_row_exists(s, hex, &known)))
-        goto out;
-    if (!known) {
-        if (!(pack_path = actl__pack_path(s->objects, hex))) {
-            rc = actl__oom();
-            goto out;
-        }
-        if ((rc = pack_index_read(pack_path, &ix)))
-            goto out;
-        have_ix = true;
-    }
-
-    int64_t created = (int64_t)time(NULL);
-    if ((rc = actl__db_begin(s)))
-        goto out;
-    in_tx = true;
-    int64_t version = o->version;
-    if ((rc = actl__db_prepare(s,
-                               version ? "SELECT 1 FROM adapters WHERE name = ?1 AND version = ?2"
-                                       : "SELECT max(version) FROM adapters WHERE name = ?1",
-                               &st)))
-        goto out;
-    sqlite3_bind_text(st, 1, o->name, -1, SQLITE_STATIC);
-    if (version)
-        sqlite3_bind_int64(st, 2, version);
-    int r = sqlite3_step(st);
-    if (r != SQLITE_ROW && r != SQLITE_DONE) {
-        rc = actl__db_err(s, r, "cannot look up versions");
-        goto out;
-    }
-    if (version && r == SQLITE_ROW) {
-        rc = actl__err(ACTL_EEXIST, "'%s@%lld' already exists", o->name, (long long)version);
-        goto out;
-    }
-    if (!version) {
-        int64_t max = sqlite3_column_int64(st, 0); /* 0 for NULL: no version yet */
-        if (max == INT64_MAX) {
-            rc = actl__err(ACTL_ELIMIT, "'%s' has reached the largest version", o->name);
-            goto out;
-        }
-        version = max + 1;
-    }
+    int rc = actl__db_prepare(s,
+                              "INSERT OR IGNORE INTO packs (digest, stored_bytes, raw_bytes, "
+                              "created) VALUES (?, ?, ?, ?)",
+                              &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (int64_t)ix->size);
+    sqlite3_bind_int64(st, 3, (int64_t)ix->raw);
+    sqlite3_bind_int64(st, 4, created);
+    rc = step_done(s, st, "cannot insert a pack row");
     sqlite3_finalize(st);
     st = NULL;
-    snprintf(label, sizeof label, "%s@%lld", o->name, (long long)version);
-
-    if (!have_ix) {
-        /* Only when another add catalogued the pack and then it lost its row,
-         * which gc cannot do while we hold the lock: kept for safety. */
-        if ((rc = pack_row_exists(s, hex, &known)))
-            goto out;
-        if (!known) {
-            if (!pack_path && !(pack_path = actl__pack_path(s->objects, hex))) {
-                rc = actl__oom();
-                goto out;
-            }
-            if ((rc = pack_index_read(pack_path, &ix)))
-                goto out;
-            have_ix = true;
-        }
-    }
-    if (have_ix && (rc = insert_pack_rows(s, hex, stored, raw, created, &ix)))
-        goto out;
-
+    if (rc || sqlite3_changes(s->db) == 0) /* an existing pack has its tensor rows */
+        return rc;
     if ((rc = actl__db_prepare(s,
-                               "INSERT INTO adapters (name, version, kind, base_model, rank, "
-                               "variant, group_size, target_modules, config, raw_bytes, "
-                               "stored_bytes, pack, source, description, created) VALUES "
-                               "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               "INSERT INTO pack_tensors (pack, name, dtype, shape, raw_bytes, "
+                               "sha256) VALUES (?, ?, ?, ?, ?, ?)",
                                &st)))
-        goto out;
-    sqlite3_bind_text(st, 1, o->name, -1, SQLITE_STATIC);
+        return rc;
+    for (size_t i = 0; !rc && i < ix->n; i++) {
+        const actl__pack_tensor *t = &ix->tensors[i];
+        sqlite3_reset(st);
+        sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, t->name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, actl_dtype_name(t->dtype), -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, t->shape, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 5, (int64_t)t->raw);
+        sqlite3_bind_text(st, 6, t->sha256, -1, SQLITE_STATIC);
+        rc = step_done(s, st, "cannot insert the tensor index");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int insert_adapter_row(actl_store *s, const add_plan *p, const actl_add_opts *o,
+                              int64_t version, const char *hex, uint64_t stored, uint64_t raw,
+                              int64_t created, int64_t *id)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = actl__db_prepare(s,
+                              "INSERT INTO adapters (name, version, kind, base_model, rank, "
+                              "variant, group_size, target_modules, config, raw_bytes, "
+                              "stored_bytes, pack, source, description, created) VALUES "
+                              "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, p->name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, version);
-    sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
-    bind_text(st, 4, base);
-    sqlite3_bind_int(st, 5, info.rank);
-    bind_text(st, 6, info.kind == ACTL_KIND_ROAD ? actl_road_variant_name(info.variant) : NULL);
-    sqlite3_bind_int(st, 7, info.kind == ACTL_KIND_ROAD ? info.group_size : 0);
-    sqlite3_bind_text(st, 8, modules, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 9, actl_adapter_config(a), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, p->facts.kind, -1, SQLITE_STATIC);
+    bind_text(st, 4, p->base);
+    sqlite3_bind_int(st, 5, p->facts.rank);
+    bind_text(st, 6, p->facts.variant);
+    sqlite3_bind_int(st, 7, p->facts.group_size);
+    sqlite3_bind_text(st, 8, p->facts.modules, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 9, p->facts.config, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 10, (int64_t)raw);
     sqlite3_bind_int64(st, 11, (int64_t)stored);
     sqlite3_bind_text(st, 12, hex, -1, SQLITE_STATIC);
     bind_text(st, 13, o->source);
     bind_text(st, 14, o->description);
     sqlite3_bind_int64(st, 15, created);
-    if ((rc = step_done(s, st, "cannot insert the adapter row")))
-        goto out;
+    if (!(rc = step_done(s, st, "cannot insert the adapter row")))
+        *id = sqlite3_last_insert_rowid(s->db);
     sqlite3_finalize(st);
-    st = NULL;
-    int64_t id = sqlite3_last_insert_rowid(s->db);
-
-    if (n_tags) {
-        if ((rc = actl__db_prepare(s, "INSERT INTO tags (adapter_id, key, value) VALUES (?, ?, ?)",
-                                   &st)))
-            goto out;
-        for (size_t i = 0; i < n_tags; i++) {
-            sqlite3_reset(st);
-            sqlite3_bind_int64(st, 1, id);
-            sqlite3_bind_text(st, 2, keys + 65 * i, -1, SQLITE_STATIC);
-            sqlite3_bind_text(st, 3, vals[i], -1, SQLITE_STATIC);
-            if ((rc = step_done(s, st, "cannot insert a tag")))
-                goto out;
-        }
-        sqlite3_finalize(st);
-        st = NULL;
+    if (rc || !p->n_tags)
+        return rc;
+    if ((rc = actl__db_prepare(s, "INSERT INTO tags (adapter_id, key, value) VALUES (?, ?, ?)",
+                               &st)))
+        return rc;
+    for (size_t i = 0; !rc && i < p->n_tags; i++) {
+        sqlite3_reset(st);
+        sqlite3_bind_int64(st, 1, *id);
+        sqlite3_bind_text(st, 2, p->keys + 65 * i, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, p->vals[i], -1, SQLITE_STATIC);
+        rc = step_done(s, st, "cannot insert a tag");
     }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* The rows of one add, in one transaction, once its pack hex is in objects/
+ * and while the caller holds the gc lock. ix is the pack's index when the
+ * pack had no row before the lock was taken (NULL otherwise: the row stays,
+ * since only gc deletes pack rows). label gets "name@version". */
+static int add_rows(actl_store *s, const add_plan *p, const actl_add_opts *o, const char *hex,
+                    uint64_t stored, uint64_t raw, const actl__pack_index *ix,
+                    char label[LABEL_CAP], actl_entries **out)
+{
+    int64_t version = 0, id = 0, created = (int64_t)time(NULL);
+    sqlite3_stmt *st = NULL;
+    actl_entries *l = NULL;
+    int rc = actl__db_begin(s);
+    if (rc)
+        return rc;
+    if ((rc = add_version(s, p->name, o->version, &version)))
+        goto out;
+    snprintf(label, LABEL_CAP, "%s@%lld", p->name, (long long)version);
+    if ((ix && (rc = insert_pack_rows(s, hex, ix, created))) ||
+        (rc = insert_adapter_row(s, p, o, version, hex, stored, raw, created, &id)))
+        goto out;
     if (out) {
         if ((rc = actl__entries_new(&l)) ||
             (rc = actl__db_prepare(s, "SELECT " ACTL__ENTRY_COLS " FROM adapters a WHERE a.id = ?",
@@ -473,10 +395,7 @@ int actl_store_add(actl_store *s, const actl_adapter *a, const actl_add_opts *o,
         sqlite3_bind_int64(st, 1, id);
         if ((rc = actl__entries_append(s, l, st)))
             goto out;
-        sqlite3_finalize(st);
-        st = NULL;
     }
-    in_tx = false;
     if ((rc = actl__db_commit(s)))
         goto out;
     if (out) {
@@ -485,18 +404,112 @@ int actl_store_add(actl_store *s, const actl_adapter *a, const actl_add_opts *o,
     }
 out:
     sqlite3_finalize(st);
-    if (in_tx)
-        actl__db_rollback(s);
-    if (rc && rc != ACTL_EEXIST && wrap)
+    actl__db_rollback(s);
+    actl_entries_free(l);
+    return rc;
+}
+
+/* The one path of actl_store_add and actl__store_add_pack: check, take the gc
+ * lock, put the pack in objects/ (src_file NULL and src_hex NULL: write a's
+ * pack; src_file: install that file, whose digest is src_hex; src_hex only:
+ * objects/ must hold it), then the rows. */
+static int add(actl_store *s, const actl_adapter *a, const actl_add_opts *o, const char *src_file,
+               const char *src_hex, actl_entries **out)
+{
+    int rc, lock = -1;
+    add_plan plan;
+    actl__pack_index ix;
+    bool have_ix = false;
+    char hex[65], label[LABEL_CAP] = "", *path = NULL;
+    uint64_t stored = 0, raw = 0;
+    memset(&ix, 0, sizeof ix);
+    if ((rc = add_plan_make(a, o, &plan)))
+        return rc;
+    /* Held from before the pack is in objects/ until its rows commit: gc
+     * cannot take the pack for an orphan in between. */
+    if ((rc = lock_take(s, LOCK_SH, &lock)))
+        goto out;
+    if (!src_hex) {
+        if ((rc = actl__pack_write(a, s->objects, hex, &stored, &raw)))
+            goto out;
+    } else {
+        memcpy(hex, src_hex, 65);
+        if (!(path = actl__pack_path(s->objects, hex))) {
+            rc = actl__oom();
+            goto out;
+        }
+        /* A file from outside is trusted as verified (the caller hashed it);
+         * one already in objects/ is hashed here, as nothing else vouches for
+         * it once it may have lost its row. */
+        if ((rc = actl__pack_index_read(src_file ? src_file : path, src_file ? NULL : hex, &ix)))
+            goto out;
+        have_ix = true;
+        stored = ix.size;
+        raw = ix.raw;
+        if (src_file && (rc = actl__pack_install(s->objects, src_file, hex)))
+            goto out;
+    }
+    /* The index is read before the transaction to keep it short. */
+    bool known = false;
+    if ((rc = pack_row_exists(s, hex, &known)))
+        goto out;
+    if (!known && !have_ix) {
+        if (!(path = actl__pack_path(s->objects, hex))) {
+            rc = actl__oom();
+            goto out;
+        }
+        if ((rc = actl__pack_index_read(path, NULL, &ix)))
+            goto out;
+        have_ix = true;
+    }
+    test_pause("add");
+    rc = add_rows(s, &plan, o, hex, stored, raw, known ? NULL : &ix, label, out);
+out:
+    if (rc && rc != ACTL_EEXIST && lock >= 0)
         actl__err_wrap(rc, "cannot add '%s'", label[0] ? label : o->name);
     lock_release(lock);
-    pack_index_free(&ix);
-    actl_entries_free(l);
-    free(keys);
-    free(vals);
-    free(modules);
-    free(pack_path);
+    actl__pack_index_free(&ix);
+    add_plan_free(&plan);
+    free(path);
     return rc;
+}
+
+int actl_store_add(actl_store *s, const actl_adapter *a, const actl_add_opts *o,
+                   actl_entries **out)
+{
+    if (out)
+        *out = NULL;
+    if (!s || !a || !o)
+        return actl__err(ACTL_EINVAL, "store add: NULL argument");
+    return add(s, a, o, NULL, NULL, out);
+}
+
+int actl__store_add_pack(actl_store *s, const char *pack_path, const char *hex,
+                         const actl_adapter *a, const actl_add_opts *o, actl_entries **out)
+{
+    if (out)
+        *out = NULL;
+    if (!s || !a || !o || !hex)
+        return actl__err(ACTL_EINVAL, "store add: NULL argument");
+    if (!actl__is_hex(hex, 64))
+        return actl__err(ACTL_EINVAL, "store add: '%s' is not a SHA-256 in lowercase hex", hex);
+    return add(s, a, o, pack_path, hex, out);
+}
+
+int actl__store_has_pack(actl_store *s, const char *hex)
+{
+    bool known = false;
+    struct stat sb;
+    if (!s || !hex || !actl__is_hex(hex, 64))
+        return 0;
+    char *path = actl__pack_path(s->objects, hex);
+    if (!path)
+        return 0;
+    int has = pack_row_exists(s, hex, &known) == ACTL_OK && known && stat(path, &sb) == 0 &&
+              S_ISREG(sb.st_mode);
+    actl__err_clear();
+    free(path);
+    return has;
 }
 
 /* ---- load, export, rm, tag -------------------------------------------- */
@@ -516,8 +529,23 @@ int actl_store_load(actl_store *s, const char *ref, actl_adapter **out)
     char *path = actl__pack_path(s->objects, hex);
     if (!path)
         return actl__oom();
-    if ((rc = actl__pack_load(path, hex, out)))
+    test_pause("load");
+    /* Loads take no lock (they would wait for a long gc): an rm and a gc
+     * between the lookup and the read take the file. The row tells that case
+     * from a pack lost while it is still referenced. */
+    if ((rc = actl__pack_load(path, hex, out)) == ACTL_ENOTFOUND) {
+        int64_t id2;
+        char label2[LABEL_CAP], hex2[65];
+        int rrc = resolve(s, label, &id2, label2, hex2);
+        if (rrc == ACTL_ENOTFOUND || (rrc == ACTL_OK && id2 != id))
+            rc = actl__err(ACTL_ENOTFOUND, "'%s' was removed while being read", label);
+        else if (rrc != ACTL_OK)
+            rc = rrc;
+        else
+            actl__err_wrap(rc, "cannot load '%s'", label);
+    } else if (rc) {
         actl__err_wrap(rc, "cannot load '%s'", label);
+    }
     free(path);
     return rc;
 }
@@ -542,7 +570,8 @@ int actl_store_rm(actl_store *s, const char *ref)
     if (!s || !ref)
         return actl__err(ACTL_EINVAL, "store rm: NULL argument");
     int64_t version;
-    int rc = actl_ref_parse(ref, label, sizeof label, &version); /* before taking the lock */
+    /* A malformed ref is refused before the write transaction is opened. */
+    int rc = actl_ref_parse(ref, label, sizeof label, &version);
     if (rc || (rc = actl__db_begin(s)))
         return rc;
     if ((rc = resolve(s, ref, &id, label, hex)) ||
@@ -687,16 +716,21 @@ static void pack_problem(const char *message, void *ctx)
     report(v, "pack %s (used by %s): %s", v->pack, pack_users(v), message);
 }
 
-/* The catalogue's tensor rows of one pack against the pack's header. */
-static int verify_tensor_rows(verify_ctx *v, const char *path)
+/* The catalogue's tensor rows of one pack, and its raw size (raw, from its
+ * packs row), against the pack's header. */
+static int verify_tensor_rows(verify_ctx *v, const char *path, int64_t raw_row)
 {
-    pack_index ix;
+    actl__pack_index ix;
     sqlite3_stmt *st = NULL;
-    int rc = pack_index_read(path, &ix);
+    int rc = actl__pack_index_read(path, NULL, &ix);
     if (rc == ACTL_ENOMEM)
         return rc;
-    if (rc) /* a malformed header was reported by actl__pack_verify */
+    if (rc) /* a malformed header was reported by actl__pack_verify_load */
         return ACTL_OK;
+    if ((uint64_t)raw_row != ix.raw)
+        report(v, "pack %s (used by %s): the catalogue says %lld raw bytes, its tensors hold "
+                  "%llu",
+               v->pack, pack_users(v), (long long)raw_row, (unsigned long long)ix.raw);
     if ((rc = actl__db_prepare(v->s,
                                "SELECT name, dtype, shape, raw_bytes, sha256 FROM pack_tensors "
                                "WHERE pack = ? ORDER BY name",
@@ -716,7 +750,7 @@ static int verify_tensor_rows(verify_ctx *v, const char *path)
         int64_t raw = sqlite3_column_int64(st, 3);
         const char *sha = (const char *)sqlite3_column_text(st, 4);
         size_t i = 0;
-        while (i < ix.n && strcmp(ix.t[i].name, name ? name : "") != 0)
+        while (i < ix.n && strcmp(ix.tensors[i].name, name ? name : "") != 0)
             i++;
         if (i == ix.n) {
             report(v, "pack %s (used by %s): the tensor index lists '%s', which the pack lacks",
@@ -724,13 +758,14 @@ static int verify_tensor_rows(verify_ctx *v, const char *path)
             continue;
         }
         seen[i] = true;
-        const pack_tensor *t = &ix.t[i];
-        if (!dtype || strcmp(dtype, t->dtype) || !shape || strcmp(shape, t->shape) ||
-            raw != t->raw || !sha || strcmp(sha, t->sha256))
+        const actl__pack_tensor *t = &ix.tensors[i];
+        const char *tdtype = actl_dtype_name(t->dtype);
+        if (!dtype || strcmp(dtype, tdtype) || !shape || strcmp(shape, t->shape) ||
+            raw != (int64_t)t->raw || !sha || strcmp(sha, t->sha256))
             report(v,
                    "pack %s (used by %s): tensor '%s' is %s %s, %lld bytes, sha256 %s in the "
                    "pack but %s %s, %lld bytes, sha256 %s in the tensor index",
-                   v->pack, pack_users(v), t->name, t->dtype, t->shape, (long long)t->raw,
+                   v->pack, pack_users(v), t->name, tdtype, t->shape, (long long)t->raw,
                    t->sha256, dtype ? dtype : "?", shape ? shape : "?", (long long)raw,
                    sha ? sha : "?");
     }
@@ -739,11 +774,110 @@ static int verify_tensor_rows(verify_ctx *v, const char *path)
     for (size_t i = 0; !rc && i < ix.n; i++)
         if (!seen[i])
             report(v, "pack %s (used by %s): tensor '%s' is missing from the tensor index",
-                   v->pack, pack_users(v), ix.t[i].name);
+                   v->pack, pack_users(v), ix.tensors[i].name);
     free(seen);
 out:
     sqlite3_finalize(st);
-    pack_index_free(&ix);
+    actl__pack_index_free(&ix);
+    return rc;
+}
+
+/* A column of a row (label) whose value differs from what its pack gives. */
+static void report_text(verify_ctx *v, const char *label, const char *col, const char *row,
+                        const char *pack)
+{
+    char q1[ACTL__QUOTE_CAP], q2[ACTL__QUOTE_CAP];
+    report(v, "'%s': column %s is %s%s%s in the catalogue but %s%s%s in its pack %s", label, col,
+           row ? "'" : "", row ? actl__quote(row, q1, sizeof q1) : "null", row ? "'" : "",
+           pack ? "'" : "", pack ? actl__quote(pack, q2, sizeof q2) : "null", pack ? "'" : "",
+           v->pack);
+}
+
+static bool same_text(const char *a, const char *b)
+{
+    return a && b ? strcmp(a, b) == 0 : a == b;
+}
+
+/* A JSON column that must parse; reports and returns false when it does not. */
+static bool json_column_ok(verify_ctx *v, const char *label, const char *col, const char *text)
+{
+    json_t *j = NULL;
+    if (!text) {
+        report(v, "'%s': column %s is null", label, col);
+        return false;
+    }
+    if (actl__json_parse(text, strlen(text), col, &j) != ACTL_OK) {
+        report(v, "'%s': column %s is not valid JSON: %s", label, col, actl_errmsg());
+        return false;
+    }
+    json_decref(j);
+    return true;
+}
+
+/* The rows naming v->pack against the adapter their pack holds: kind, rank,
+ * variant, group size, target modules and config come from it (as add took
+ * them). a is NULL when the pack is damaged (already reported): then only
+ * what needs no pack is checked. */
+static int verify_pack_rows(verify_ctx *v, const actl_adapter *a)
+{
+    row_facts f;
+    bool have = false;
+    sqlite3_stmt *st = NULL;
+    int rc = ACTL_OK;
+    memset(&f, 0, sizeof f);
+    if (a) {
+        if ((rc = row_facts_get(a, v->pack, &f)) == ACTL_ENOMEM)
+            goto out;
+        if (rc)
+            report(v, "pack %s (used by %s): %s", v->pack, pack_users(v), actl_errmsg());
+        have = rc == ACTL_OK;
+        rc = ACTL_OK;
+    }
+    if ((rc = actl__db_prepare(v->s,
+                               "SELECT name, version, kind, rank, variant, group_size, "
+                               "target_modules, config FROM adapters WHERE pack = ? "
+                               "ORDER BY name, version",
+                               &st)))
+        goto out;
+    sqlite3_bind_text(st, 1, v->pack, -1, SQLITE_STATIC);
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        char label[LABEL_CAP], q[ACTL__QUOTE_CAP];
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        snprintf(label, sizeof label, "%s@%lld", name ? name : "",
+                 (long long)sqlite3_column_int64(st, 1));
+        const char *kind = (const char *)sqlite3_column_text(st, 2);
+        const char *variant = (const char *)sqlite3_column_text(st, 4);
+        const char *modules = (const char *)sqlite3_column_text(st, 6);
+        const char *config = (const char *)sqlite3_column_text(st, 7);
+        int64_t rank = sqlite3_column_int64(st, 3), group = sqlite3_column_int64(st, 5);
+        actl_kind k;
+        if (!kind || actl_kind_parse(kind, &k) != ACTL_OK)
+            report(v, "'%s': unknown kind '%s'", label, kind ? actl__quote(kind, q, sizeof q) : "");
+        else if (have && strcmp(kind, f.kind) != 0)
+            report_text(v, label, "kind", kind, f.kind);
+        bool modules_ok = json_column_ok(v, label, "target_modules", modules);
+        bool config_ok = json_column_ok(v, label, "config", config);
+        if (!have)
+            continue;
+        if (rank != f.rank)
+            report(v, "'%s': column rank is %lld in the catalogue but %d in its pack %s", label,
+                   (long long)rank, f.rank, v->pack);
+        if (!same_text(variant, f.variant))
+            report_text(v, label, "variant", variant, f.variant);
+        if (group != f.group_size)
+            report(v, "'%s': column group_size is %lld in the catalogue but %d in its pack %s",
+                   label, (long long)group, f.group_size, v->pack);
+        if (modules_ok && strcmp(modules, f.modules) != 0)
+            report_text(v, label, "target_modules", modules, f.modules);
+        if (config_ok && strcmp(config, f.config) != 0)
+            report_text(v, label, "config", config, f.config);
+    }
+    if (r != SQLITE_DONE)
+        rc = actl__db_err(v->s, r, "cannot read adapters");
+out:
+    sqlite3_finalize(st);
+    free(f.modules);
     return rc;
 }
 
@@ -751,8 +885,8 @@ static int verify_packs(verify_ctx *v)
 {
     sqlite3_stmt *st = NULL;
     char *path = NULL;
-    /* Packs no row names are gc's business, not problems (and gc may be
-     * deleting them as we look). */
+    actl_adapter *a = NULL;
+    /* Packs no row names are gc's business, not problems. */
     int rc = actl__db_prepare(v->s,
                               "SELECT digest, stored_bytes, raw_bytes FROM packs p WHERE EXISTS "
                               "(SELECT 1 FROM adapters a WHERE a.pack = p.digest) ORDER BY digest",
@@ -762,11 +896,11 @@ static int verify_packs(verify_ctx *v)
     int r = SQLITE_DONE;
     while (!rc && (r = sqlite3_step(st)) == SQLITE_ROW) {
         const char *hex = (const char *)sqlite3_column_text(st, 0);
-        int64_t stored = sqlite3_column_int64(st, 1);
+        int64_t stored = sqlite3_column_int64(st, 1), raw = sqlite3_column_int64(st, 2);
         free(v->users);
         v->users = NULL;
         v->pack = hex ? hex : "";
-        if (!hex || strlen(hex) != 64 || !is_hex(hex, 64)) {
+        if (!hex || !actl__is_hex(hex, 64)) {
             report(v, "pack row '%s' is not a SHA-256 digest", v->pack);
             continue;
         }
@@ -778,21 +912,24 @@ static int verify_packs(verify_ctx *v)
         struct stat sb;
         if (stat(path, &sb) != 0) {
             report(v, "pack %s (used by %s): file '%s' is missing", hex, pack_users(v), path);
-            continue;
+        } else {
+            if ((int64_t)sb.st_size != stored)
+                report(v, "pack %s (used by %s): file '%s' is %lld bytes, the catalogue says %lld",
+                       hex, pack_users(v), path, (long long)sb.st_size, (long long)stored);
+            size_t n = 0;
+            int prc = actl__pack_verify_load(path, hex, pack_problem, v, &n, &a);
+            if (prc == ACTL_ENOMEM) {
+                rc = prc;
+                break;
+            }
+            if (prc)
+                pack_problem(actl_errmsg(), v);
+            if ((rc = verify_tensor_rows(v, path, raw)))
+                break;
         }
-        if ((int64_t)sb.st_size != stored)
-            report(v, "pack %s (used by %s): file '%s' is %lld bytes, the catalogue says %lld",
-                   hex, pack_users(v), path, (long long)sb.st_size, (long long)stored);
-        size_t n = 0;
-        int prc = actl__pack_verify(path, hex, pack_problem, v, &n);
-        if (prc == ACTL_ENOMEM) {
-            rc = prc;
-            break;
-        }
-        if (prc)
-            pack_problem(actl_errmsg(), v);
-        if ((rc = verify_tensor_rows(v, path)))
-            break;
+        rc = verify_pack_rows(v, a);
+        actl_adapter_free(a);
+        a = NULL;
     }
     if (!rc && r != SQLITE_DONE)
         rc = actl__db_err(v->s, r, "cannot read packs");
@@ -804,18 +941,16 @@ static int verify_packs(verify_ctx *v)
     return rc;
 }
 
-/* Rows whose sizes disagree with their pack's, and rows whose kind is unknown. */
+/* Rows whose pack has no row, and rows whose sizes disagree with their pack's. */
 static int verify_rows(verify_ctx *v)
 {
     sqlite3_stmt *st = NULL;
     int rc = actl__db_prepare(v->s,
                               "SELECT a.name, a.version, a.pack, a.stored_bytes, a.raw_bytes, "
-                              "p.stored_bytes, p.raw_bytes, a.kind FROM adapters a "
+                              "p.stored_bytes, p.raw_bytes FROM adapters a "
                               "LEFT JOIN packs p ON p.digest = a.pack "
                               "WHERE p.digest IS NULL OR a.stored_bytes != p.stored_bytes "
-                              "OR a.raw_bytes != p.raw_bytes "
-                              "OR a.kind NOT IN ('lora', 'road', 'bottleneck', 'mos') "
-                              "ORDER BY a.name, a.version",
+                              "OR a.raw_bytes != p.raw_bytes ORDER BY a.name, a.version",
                               &st);
     if (rc)
         return rc;
@@ -824,7 +959,8 @@ static int verify_rows(verify_ctx *v)
         const char *name = (const char *)sqlite3_column_text(st, 0);
         long long ver = sqlite3_column_int64(st, 1);
         const char *pack = (const char *)sqlite3_column_text(st, 2);
-        const char *kind = (const char *)sqlite3_column_text(st, 7);
+        name = name ? name : "";
+        pack = pack ? pack : "";
         if (sqlite3_column_type(st, 5) == SQLITE_NULL) {
             report(v, "'%s@%lld': pack %s has no row in the catalogue", name, ver, pack);
             continue;
@@ -837,9 +973,6 @@ static int verify_rows(verify_ctx *v)
         if (ar != pr)
             report(v, "'%s@%lld': raw size %lld, but its pack %s holds %lld bytes of tensors",
                    name, ver, ar, pack, pr);
-        if (!kind || (strcmp(kind, "lora") && strcmp(kind, "road") &&
-                      strcmp(kind, "bottleneck") && strcmp(kind, "mos")))
-            report(v, "'%s@%lld': unknown kind '%s'", name, ver, kind ? kind : "");
     }
     if (r != SQLITE_DONE)
         rc = actl__db_err(v->s, r, "cannot read adapters");
@@ -883,6 +1016,7 @@ static int verify_sqlite(verify_ctx *v)
 int actl_store_verify(actl_store *s, actl_problem_fn fn, void *ctx, size_t *problems)
 {
     verify_ctx v;
+    int lock = -1;
     memset(&v, 0, sizeof v);
     v.s = s;
     v.fn = fn;
@@ -891,19 +1025,29 @@ int actl_store_verify(actl_store *s, actl_problem_fn fn, void *ctx, size_t *prob
         *problems = 0;
     if (!s)
         return actl__err(ACTL_EINVAL, "store verify: NULL argument");
+    /* The gc lock, shared, for the whole check: an rm committing after the
+     * snapshot below leaves a row verify still checks, and gc must not take
+     * that row's pack meanwhile. Adds go on (they share the lock). */
+    int rc = lock_take(s, LOCK_SH, &lock);
+    if (rc)
+        return rc;
     /* One read snapshot: adds committing meanwhile are neither half seen nor
      * reported as problems. Their packs, written before their rows, may be
      * absent from it; packs without rows are not problems (gc's business). */
-    int rc = actl__db_exec(s, "BEGIN", "cannot start a read transaction");
-    if (rc)
-        return rc;
-    if (!(rc = verify_sqlite(&v)) && !(rc = verify_rows(&v)))
-        rc = verify_packs(&v);
+    if ((rc = actl__db_exec(s, "BEGIN", "cannot start a read transaction")))
+        goto out;
+    if (!(rc = verify_sqlite(&v))) {
+        test_pause("verify"); /* the snapshot is taken by the first read */
+        if (!(rc = verify_rows(&v)))
+            rc = verify_packs(&v);
+    }
     actl__db_rollback(s);
     if (!rc && v.rc)
         rc = actl__oom();
     if (problems)
         *problems = v.count;
+out:
+    lock_release(lock);
     return rc;
 }
 
@@ -941,6 +1085,45 @@ static int gc_tmp(const char *dir, actl_gc_result *res)
     return rc;
 }
 
+/* Removes the downloads in dir that no pull is writing: a pull holds
+ * LOCK_SH on its partial file for as long as it writes it, so a file that
+ * can be locked exclusively without waiting is abandoned. The lock is held
+ * across the unlink, so no pull can take the file up in between. */
+static int gc_partial(const char *dir, actl_gc_result *res)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT ? ACTL_OK
+                               : actl__err(ACTL_EIO, "cannot read '%s': %s", dir, strerror(errno));
+    int rc = ACTL_OK;
+    struct dirent *e;
+    while (!rc && (e = readdir(d))) {
+        if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
+            continue;
+        char *p = actl__path_join(dir, e->d_name);
+        if (!p) {
+            rc = actl__oom();
+            break;
+        }
+        /* O_NOFOLLOW and O_NONBLOCK: a planted link or FIFO is neither
+         * followed nor waited on; only regular files are removed. */
+        int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+        struct stat sb;
+        if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
+            flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            if (unlink(p) == 0)
+                res->temp_removed++;
+            else if (errno != ENOENT)
+                rc = actl__err(ACTL_EIO, "cannot remove '%s': %s", p, strerror(errno));
+        }
+        if (fd >= 0)
+            close(fd);
+        free(p);
+    }
+    closedir(d);
+    return rc;
+}
+
 /* In one fanout directory objects/<xx>: removes every pack file that no
  * packs row names, then the directory if it is left empty. */
 static int gc_fanout(actl_store *s, const char *dir, const char *prefix, sqlite3_stmt *known,
@@ -953,7 +1136,7 @@ static int gc_fanout(actl_store *s, const char *dir, const char *prefix, sqlite3
     struct dirent *e;
     while (!rc && (e = readdir(d))) {
         /* Only our own names: 64 hex digits starting with the directory's two. */
-        if (strlen(e->d_name) != 64 || !is_hex(e->d_name, 64) ||
+        if (!actl__is_hex(e->d_name, 64) ||
             memcmp(e->d_name, prefix, 2) != 0)
             continue;
         sqlite3_reset(known);
@@ -1025,6 +1208,13 @@ int actl_store_gc(actl_store *s, actl_gc_result *out)
     }
     if ((rc = gc_tmp(tmp, &res)))
         goto out;
+    free(tmp);
+    if (!(tmp = actl__path_join(s->dir, ACTL_PARTIAL_DIR))) {
+        rc = actl__oom();
+        goto out;
+    }
+    if ((rc = gc_partial(tmp, &res)))
+        goto out;
     if ((rc = actl__db_prepare(s, "SELECT 1 FROM packs WHERE digest = ?", &known)))
         goto out;
     if (!(d = opendir(s->objects))) {
@@ -1034,7 +1224,7 @@ int actl_store_gc(actl_store *s, actl_gc_result *out)
     }
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (strlen(e->d_name) != 2 || !is_hex(e->d_name, 2))
+        if (!actl__is_hex(e->d_name, 2))
             continue;
         char *sub = actl__path_join(s->objects, e->d_name);
         if (!sub) {

@@ -3,7 +3,10 @@
 # (the user's ADAPTERCTL_STORE, else XDG_DATA_HOME/adapterctl, else
 # ~/.local/share/adapterctl): init, add a fixture adapter of every kind with
 # tags, list, filter, show two, export one and compare, verify, stats. Then a
-# short look at what `inspect` says of the fixtures.
+# short look at what `inspect` says of the fixtures, and pull/publish:
+# the demo adapters published to a temporary folder, served by nginx on a free
+# loopback port (file:// when nginx is absent) and pulled into a second,
+# temporary store.
 #
 # Re-runnable: the demo's adapters are all named demo-*, and every run first
 # removes every version of those names (only those), so each run starts from
@@ -147,3 +150,35 @@ for dir in "$FIX"/*/; do
     [ -f "$dir/adapter_config.json" ] || continue
     "$BIN" --json inspect "$dir" | python3 -c "$SUMMARY" "$(basename "$dir")"
 done
+
+# ---- pull and publish ---------------------------------------------------------
+# Publish the demo's adapters to a folder, serve it over HTTP with nginx on a
+# free loopback port (or, without nginx, read it through file://), and pull
+# one into a second, temporary store: the way a fleet shares one store.
+. tests/nginx.sh
+trap 'nginx_stop; rm -rf "$TMP"' EXIT
+demo_names=()
+for line in "${demo_adapters[@]}"; do
+    read -r name _ <<<"$line"
+    demo_names+=("$name")
+done
+
+say "publish the demo adapters to a folder any static HTTP server can serve"
+show_run publish "$TMP/www/published" "${demo_names[@]}"
+echo "  $(find "$TMP/www/published" -name index.json | sed "s|^$TMP/www/||")" \
+    "and $(find "$TMP/www/published/objects" -type f | wc -l | tr -d ' ') packs in objects/"
+
+if nginx_start "$TMP/www"; then
+    URL=$NGINX_URL/published
+    echo "(serving $TMP/www with nginx at $NGINX_URL)"
+else
+    URL=file://$TMP/www/published
+    echo "(no nginx here: $NGINX_ERROR; pulling through $URL instead)"
+fi
+
+say "pull one adapter into a second store; then pull it again"
+show_run --store "$TMP/store2" pull "$URL" demo-lora-1mb
+show_run --store "$TMP/store2" show demo-lora-1mb
+# The index is revalidated (over file://, read again); the pack is here already.
+show_run --store "$TMP/store2" pull "$URL" demo-lora-1mb
+show_run --store "$TMP/store2" verify

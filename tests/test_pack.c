@@ -315,22 +315,22 @@ static void test_pack__same_adapter_twice_shares_one_file(void **state)
     char h1[65], h2[65];
     assert_ok(actl__pack_write(a, objects, h1, NULL, NULL));
     char *path = actl__pack_path(objects, h1);
-    /* an old modification time, which sharing refreshes */
-    struct timespec old[2] = {{1000, 0}, {1000, 0}};
-    assert_int_equal(utimensat(AT_FDCWD, path, old, 0), 0);
+    struct stat st1, st;
+    assert_int_equal(stat(path, &st1), 0);
     assert_ok(actl__pack_write(a2, objects, h2, NULL, NULL));
     assert_string_equal(h1, h2);
     assert_int_equal(count_files(objects), 1);
-    struct stat st;
+    /* shared: the intact file is left in place, not rewritten */
     assert_int_equal(stat(path, &st), 0);
-    assert_true(st.st_mtime > 1000);
+    assert_int_equal(st.st_ino, st1.st_ino);
 
     /* the file sits at objects/<2 hex>/<64 hex> */
     char want[4200];
     snprintf(want, sizeof want, "%s/%.2s/%s", objects, h1, h1);
     assert_string_equal(path, want);
 
-    /* a damaged file under the name (wrong size) is replaced */
+    /* a damaged file under the name is replaced: cut short, or of the right
+     * size with one byte flipped (which a size check alone would share) */
     size_t len;
     unsigned char *b = slurp(path, &len);
     spit(path, b, len / 2);
@@ -339,6 +339,15 @@ static void test_pack__same_adapter_twice_shares_one_file(void **state)
     unsigned char *b2 = slurp(path, &len2);
     assert_int_equal(len2, len);
     assert_memory_equal(b, b2, len);
+    free(b2);
+    b[len - 1] ^= 0x40;
+    spit(path, b, len);
+    b[len - 1] ^= 0x40;
+    assert_ok(actl__pack_write(a, objects, h2, NULL, NULL));
+    b2 = slurp(path, &len2);
+    assert_int_equal(len2, len);
+    assert_memory_equal(b, b2, len);
+    assert_int_equal(count_files(objects), 1); /* no temporary left behind */
     free(b);
     free(b2);
     free(path);
@@ -835,6 +844,146 @@ static void test_pack__digest_and_file_errors(void **state)
     free_pack(&p);
 }
 
+/* ---- the index, install, verify with the adapter -------------------------- */
+
+static void test_pack__index_lists_what_the_header_says(void **state)
+{
+    (void)state;
+    packed p = make_pack(ADAPTERS "/hf-tiny/lora-dora");
+    json_t *hdr = header_of(p.bytes, p.len);
+    json_t *ts = json_object_get(hdr, "tensors");
+    actl__pack_index ix;
+    assert_ok(actl__pack_index_read(p.path, p.hex, &ix));
+    assert_int_equal(ix.n, json_array_size(ts));
+    assert_int_equal(ix.size, p.len);
+    assert_true(json_equal(ix.config, json_object_get(hdr, "config")));
+    uint64_t raw = 0;
+    for (size_t i = 0; i < ix.n; i++) {
+        json_t *t = json_array_get(ts, i);
+        const actl__pack_tensor *x = &ix.tensors[i];
+        assert_string_equal(x->name, json_string_value(json_object_get(t, "name")));
+        assert_string_equal(actl_dtype_name(x->dtype),
+                            json_string_value(json_object_get(t, "dtype")));
+        char *shape = json_dumps(json_object_get(t, "shape"), JSON_COMPACT);
+        assert_string_equal(x->shape, shape);
+        free(shape);
+        assert_int_equal(x->raw, json_integer_value(json_object_get(t, "raw")));
+        assert_int_equal(x->stored, json_integer_value(json_object_get(t, "stored")));
+        assert_string_equal(x->sha256, json_string_value(json_object_get(t, "sha256")));
+        raw += x->raw;
+    }
+    assert_int_equal(ix.raw, raw);
+    actl__pack_index_free(&ix);
+    assert_null(ix.header);
+
+    /* the digest, when given, is checked; errors leave the index empty */
+    char wrong[65];
+    memcpy(wrong, p.hex, 65);
+    wrong[63] = wrong[63] == '0' ? '1' : '0';
+    assert_err(actl__pack_index_read(p.path, wrong, &ix), ACTL_ECORRUPT, "SHA-256 is");
+    assert_int_equal(ix.n, 0);
+    assert_null(ix.header);
+    assert_err(actl__pack_index_read(p.path, "xyz", &ix), ACTL_EINVAL, "not a SHA-256");
+    char *missing = join(p.dir, "missing.pack");
+    assert_err(actl__pack_index_read(missing, NULL, &ix), ACTL_ENOTFOUND, "missing.pack");
+    /* the header's checks are pack_load's: a tensor entry without its hash */
+    json_object_del(json_array_get(ts, 1), "sha256");
+    char *bad = join(p.dir, "bad.pack");
+    write_with_header(bad, &p, hdr, 0);
+    assert_err(actl__pack_index_read(bad, NULL, &ix), ACTL_EFORMAT, "has 7 keys, expected 8");
+    assert_int_equal(ix.n, 0);
+    free(bad);
+    free(missing);
+    json_decref(hdr);
+    free_pack(&p);
+}
+
+static void test_pack__install_moves_shares_and_replaces(void **state)
+{
+    (void)state;
+    packed p = make_pack(ADAPTERS "/hf-tiny/road-1");
+    char *objects = join(p.dir, "store-objects");
+    char *dest = actl__pack_path(objects, p.hex);
+    char *src = join(p.dir, "download");
+    /* moved in: directories made, the source gone */
+    spit(src, p.bytes, p.len);
+    assert_ok(actl__pack_install(objects, src, p.hex));
+    assert_false(actl__exists(src));
+    char sum[65];
+    sha256sum(dest, sum);
+    assert_string_equal(sum, p.hex);
+    struct stat st1, st2;
+    assert_int_equal(stat(dest, &st1), 0);
+    /* the same bytes again: the source is dropped, the file in place kept */
+    spit(src, p.bytes, p.len);
+    assert_ok(actl__pack_install(objects, src, p.hex));
+    assert_false(actl__exists(src));
+    assert_int_equal(stat(dest, &st2), 0);
+    assert_int_equal(st1.st_ino, st2.st_ino);
+    /* a damaged file in place is replaced */
+    p.bytes[p.len / 2] ^= 4;
+    spit(dest, p.bytes, p.len);
+    p.bytes[p.len / 2] ^= 4;
+    spit(src, p.bytes, p.len);
+    assert_ok(actl__pack_install(objects, src, p.hex));
+    sha256sum(dest, sum);
+    assert_string_equal(sum, p.hex);
+    assert_false(actl__exists(src));
+    assert_int_equal(count_files(objects), 1);
+    assert_err(actl__pack_install(objects, src, "0123"), ACTL_EINVAL, "not a SHA-256");
+    assert_err(actl__pack_install(objects, src, NULL), ACTL_EINVAL, "NULL");
+    /* a missing source is an error, never a silent success */
+    char other[65];
+    memcpy(other, p.hex, 65);
+    other[0] = other[0] == 'a' ? 'b' : 'a';
+    assert_err(actl__pack_install(objects, src, other), ACTL_EIO, "cannot rename");
+    free(src);
+    free(dest);
+    free(objects);
+    free_pack(&p);
+}
+
+static void test_pack__verify_load_gives_the_adapter_only_when_clean(void **state)
+{
+    (void)state;
+    packed p = make_pack(ADAPTERS "/hf-tiny/mos");
+    actl_adapter *a = NULL, *orig = load_fixture(ADAPTERS "/hf-tiny/mos");
+    problems pr = {0};
+    size_t count = 9;
+    assert_ok(actl__pack_verify_load(p.path, p.hex, collect, &pr, &count, &a));
+    assert_int_equal(count, 0);
+    assert_non_null(a);
+    assert_same_adapter(orig, a);
+    actl_adapter_free(a);
+    a = NULL;
+
+    /* a damaged tensor: reported, and no adapter */
+    p.bytes[p.len - 1] ^= 0x40;
+    char *bad = join(p.dir, "bad.pack");
+    spit(bad, p.bytes, p.len);
+    p.bytes[p.len - 1] ^= 0x40;
+    assert_ok(actl__pack_verify_load(bad, NULL, collect, &pr, &count, &a));
+    assert_int_equal(count, 1);
+    assert_null(a);
+
+    /* intact bytes that make no adapter are a problem too */
+    json_t *hdr = header_of(p.bytes, p.len);
+    json_object_set_new(json_object_get(hdr, "config"), "peft_type", json_string("NOPE"));
+    write_with_header(bad, &p, hdr, 0);
+    pr.n = 0;
+    assert_ok(actl__pack_verify_load(bad, NULL, collect, &pr, &count, &a));
+    assert_int_equal(count, 1);
+    assert_true(any_has(&pr, "NOPE"));
+    assert_null(a);
+    /* without an adapter wanted, the same pack is clean: the config is not read */
+    assert_ok(actl__pack_verify(bad, NULL, collect, &pr, &count));
+    assert_int_equal(count, 0);
+    json_decref(hdr);
+    free(bad);
+    actl_adapter_free(orig);
+    free_pack(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -850,6 +999,9 @@ int main(void)
         cmocka_unit_test(test_pack__refuses_a_tensor_whose_hash_differs),
         cmocka_unit_test(test_pack__refuses_a_damaged_prefix),
         cmocka_unit_test(test_pack__digest_and_file_errors),
+        cmocka_unit_test(test_pack__index_lists_what_the_header_says),
+        cmocka_unit_test(test_pack__install_moves_shares_and_replaces),
+        cmocka_unit_test(test_pack__verify_load_gives_the_adapter_only_when_clean),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -134,6 +134,8 @@ static size_t count_files(const char *dir)
     return n;
 }
 
+static void assert_same_tensors(const actl_adapter *x, const actl_adapter *y);
+
 static char *objects_of(const fx *f) { return actl__path_join(f->store, "objects"); }
 
 static char *pack_file(const fx *f, const char *hex)
@@ -332,6 +334,63 @@ static void test_open__refuses_a_newer_schema(void **state)
     assert_err(actl_store_open(f.store, ACTL_STORE_CREATE, &f.s), ACTL_EUNSUPPORTED, want);
     /* And it was left as it was. */
     assert_int_equal(sql_int(&f, "PRAGMA user_version"), 99);
+    fx_free(&f);
+}
+
+/* Refused before any change: not switched to WAL, no directory made, no
+ * lock file, no journal left behind. */
+static void test_open__a_newer_schema_is_refused_before_any_change(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir();
+    char *db_path = actl__path_join(dir, "catalog.db");
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(db_path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA journal_mode = DELETE; CREATE TABLE future (x); "
+                                      "PRAGMA user_version = 99",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    char *before = NULL, *after = NULL;
+    size_t n_before = 0, n_after = 0;
+    assert_ok(actl__read_file(db_path, 1 << 20, &before, &n_before));
+    assert_int_equal(count_files(dir), 1);
+    actl_store *s = NULL;
+    assert_err(actl_store_open(dir, ACTL_STORE_CREATE, &s), ACTL_EUNSUPPORTED,
+               "schema version 99, newer than this adapterctl");
+    assert_err(actl_store_open(dir, 0, &s), ACTL_EUNSUPPORTED, "schema version 99");
+    assert_null(s);
+    assert_ok(actl__read_file(db_path, 1 << 20, &after, &n_after));
+    assert_int_equal(n_after, n_before);
+    assert_memory_equal(after, before, n_before);
+    assert_int_equal(count_files(dir), 1); /* no -wal, -shm, gc.lock */
+    char *obj = actl__path_join(dir, "objects");
+    assert_false(actl__exists(obj));
+    free(obj);
+    free(before);
+    free(after);
+    free(db_path);
+    test_rmtree(dir);
+    free(dir);
+}
+
+/* Every connection is hardened against a crafted catalogue. */
+static void test_open__connections_are_defensive_and_distrust_the_schema(void **state)
+{
+    (void)state;
+    fx f = fx_new();
+    int on = -1;
+    assert_int_equal(sqlite3_db_config(f.s->db, SQLITE_DBCONFIG_DEFENSIVE, -1, &on), SQLITE_OK);
+    assert_int_equal(on, 1);
+    on = -1;
+    assert_int_equal(sqlite3_db_config(f.s->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, -1, &on),
+                     SQLITE_OK);
+    assert_int_equal(on, 0);
+    /* What defensive mode is for: SQL cannot rewrite the schema behind SQLite's back. */
+    assert_int_equal(sqlite3_exec(f.s->db, "PRAGMA writable_schema = ON; UPDATE sqlite_master "
+                                           "SET sql = 'x' WHERE name = 'tags'",
+                                  NULL, NULL, NULL) == SQLITE_OK,
+                     0);
     fx_free(&f);
 }
 
@@ -646,6 +705,9 @@ static void test_tags__rejects_bad_tags(void **state)
         {"k=line\nbreak", "contains a control character"},
         {"k=\xff\xfe", "not valid UTF-8"},
         {"k=\xc0\xaf", "not valid UTF-8"}, /* overlong '/' */
+        {"k=a\xc2\x9b" "2Jz", "contains a control character"}, /* C1 CSI */
+        {"k=\xc2\x80", "contains a control character"},          /* C1, first */
+        {"k=\xc2\x85", "contains a control character"},          /* C1 NEL */
     };
     actl_adapter *a = tiny_lora(1, 4);
     add_plain(f.s, a, "t");
@@ -662,8 +724,9 @@ static void test_tags__rejects_bad_tags(void **state)
         o.tags = tags;
         assert_err(actl_store_add(f.s, a, &o, NULL), ACTL_EINVAL, bad[i].msg);
     }
-    /* UTF-8 values are fine; a key given twice is not. */
-    const char *good[] = {"lang=fran\xc3\xa7" "ais", "k.1_-=a=b", NULL};
+    /* UTF-8 values are fine (U+00A0, just past C1, included); a key given
+     * twice is not. */
+    const char *good[] = {"lang=fran\xc3\xa7" "ais", "k.1_-=a=b", "nb=\xc2\xa0", NULL};
     assert_ok(actl_store_tag(f.s, "t", good, NULL));
     const char *twice[] = {"k=1", "k=2", NULL};
     assert_err(actl_store_tag(f.s, "t", twice, NULL), ACTL_EINVAL, "tag 'k' is given twice");
@@ -675,7 +738,7 @@ static void test_tags__rejects_bad_tags(void **state)
     actl_entries *l = NULL;
     assert_ok(actl_store_show(f.s, "t", &l));
     const actl_entry *e = actl_entries_get(l, 0);
-    assert_int_equal(e->tag_count, 2);
+    assert_int_equal(e->tag_count, 3);
     assert_string_equal(e->tag_keys[0], "k.1_-");
     assert_string_equal(e->tag_values[0], "a=b");
     assert_string_equal(e->tag_keys[1], "lang");
@@ -802,6 +865,86 @@ static void test_add__tensor_index_rows_match_the_tensors(void **state)
     free(path);
     actl_adapter_free(a);
     fx_free(&f);
+}
+
+static void test_add__refuses_c1_controls_in_free_text(void **state)
+{
+    (void)state;
+    assert_err(actl__text_check("description", "ok\xc2\x9d", 100, true), ACTL_EINVAL,
+               "description 'ok\\xc2\\x9d' contains a control character");
+    assert_err(actl__text_check("source", "\xc2\x9f", 100, false), ACTL_EINVAL, "control");
+    assert_ok(actl__text_check("description", "a\tb\nc \xc2\xa0 \xc3\xa9", 100, true));
+}
+
+/* Automatic versions never reuse one that was removed: NAME@V names one
+ * adapter for good. Explicit versions are allowed whenever free. */
+static void test_add__automatic_versions_are_never_reused_after_rm(void **state)
+{
+    (void)state;
+    fx f = fx_new();
+    actl_adapter *a = tiny_lora(3, 4), *b = tiny_lora(4, 4);
+    assert_int_equal(add_plain(f.s, a, "a"), 1);
+    assert_int_equal(add_plain(f.s, b, "a"), 2);
+    assert_ok(actl_store_rm(f.s, "a@2"));
+    assert_int_equal(add_plain(f.s, a, "a"), 3);
+    /* every version removed, the name too */
+    assert_ok(actl_store_rm(f.s, "a@3"));
+    assert_ok(actl_store_rm(f.s, "a@1"));
+    assert_int_equal(add_plain(f.s, b, "a"), 4);
+    /* an explicit version that is free, removed or not, is taken as given */
+    actl_add_opts o = actl_add_default_opts();
+    o.name = "a";
+    o.version = 2;
+    assert_ok(actl_store_add(f.s, a, &o, NULL));
+    assert_int_equal(add_plain(f.s, a, "a"), 5);
+    o.version = 9;
+    assert_ok(actl_store_add(f.s, a, &o, NULL));
+    assert_ok(actl_store_rm(f.s, "a@9"));
+    assert_int_equal(add_plain(f.s, a, "a"), 10);
+    assert_int_equal(sql_int(&f, "SELECT last_version FROM names WHERE name = 'a'"), 10);
+    assert_verify_clean(f.s);
+    actl_adapter_free(a);
+    actl_adapter_free(b);
+    fx_free(&f);
+}
+
+/* A catalogue from before the names table: the migration takes each name's
+ * highest remaining version as its last. */
+static void test_migrate__names_start_from_the_versions_present(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir();
+    char *db_path = actl__path_join(dir, "catalog.db");
+    char *obj = actl__path_join(dir, "objects");
+    assert_int_equal(mkdir(obj, 0755), 0);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(db_path, &db), SQLITE_OK);
+    char *sql = actl__strdup_printf(
+        "%s; INSERT INTO packs VALUES ('%064d', 0, 0, 0);"
+        "INSERT INTO adapters (name, version, kind, target_modules, config, raw_bytes, "
+        "stored_bytes, pack, created) VALUES ('old', 1, 'lora', '[]', '{}', 0, 0, '%064d', 0), "
+        "('old', 5, 'lora', '[]', '{}', 0, 0, '%064d', 0), "
+        "('other', 2, 'lora', '[]', '{}', 0, 0, '%064d', 0);"
+        "PRAGMA user_version = 1;",
+        actl__migrations[0].sql, 0, 0, 0, 0);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    free(sql);
+    actl_store *s = NULL;
+    assert_ok(actl_store_open(dir, 0, &s));
+    fx f = {dir, dir, s};
+    assert_int_equal(sql_int(&f, "SELECT last_version FROM names WHERE name = 'old'"), 5);
+    assert_int_equal(sql_int(&f, "SELECT last_version FROM names WHERE name = 'other'"), 2);
+    assert_int_equal(sql_int(&f, "SELECT count(*) FROM names"), 2);
+    assert_ok(actl_store_rm(s, "old@5"));
+    actl_adapter *a = tiny_lora(5, 4);
+    assert_int_equal(add_plain(s, a, "old"), 6);
+    actl_adapter_free(a);
+    actl_store_close(s);
+    test_rmtree(dir);
+    free(obj);
+    free(db_path);
+    free(dir);
 }
 
 static void test_add__versions_count_up_unless_given(void **state)
@@ -1417,31 +1560,39 @@ static int wait_bounded(pid_t pid, int seconds)
     return -1;
 }
 
-/* An add in another process holds the shared lock from before its pack is
- * written until its row commits; gc must wait for it, then keep the pack. */
+/* The add hook of the child below: tells the parent the pack is in objects/
+ * (with no row yet: an "orphan" to a careless gc), then waits for its word. */
+static int g_pause_to_parent = -1, g_pause_from_parent = -1;
+
+static void pause_in_child(const char *point)
+{
+    if (strcmp(point, "add") != 0)
+        return;
+    child_write(g_pause_to_parent, 'w');
+    child_read(g_pause_from_parent);
+}
+
+/* A real actl_store_add in another process, held by the test hook between
+ * placing its pack and committing its row: gc must wait for it, then keep
+ * the pack. (With the add's lock removed, gc finishes during the pause and
+ * deletes the pack: both `blocked` and verify fail.) */
 static void test_gc__waits_for_an_add_in_progress_and_keeps_its_pack(void **state)
 {
     (void)state;
     fx f = fx_new();
     actl_adapter *a = tiny_lora(12, 4);
     char *obj = objects_of(&f);
-    char *lock = actl__path_join(f.store, "gc.lock");
     int to_child[2], to_parent[2];
     assert_int_equal(pipe(to_child), 0);
     assert_int_equal(pipe(to_parent), 0);
     pid_t adder = fork();
     assert_true(adder >= 0);
     if (adder == 0) {
-        /* Steps 1-2 of an add (lock, pack), paused, then the real add
-         * (which reuses that pack) and the release. */
         close(to_child[1]);
-        int fd = open(lock, O_RDWR | O_CREAT, 0644);
-        char hex[65];
-        uint64_t stored, raw;
-        if (fd < 0 || flock(fd, LOCK_SH) != 0 || actl__pack_write(a, obj, hex, &stored, &raw))
-            _exit(10);
-        child_write(to_parent[1], 'w');
-        child_read(to_child[0]);
+        close(to_parent[0]);
+        g_pause_to_parent = to_parent[1];
+        g_pause_from_parent = to_child[0];
+        actl__store_test_pause = pause_in_child;
         actl_store *s = NULL;
         actl_add_opts o = actl_add_default_opts();
         o.name = "late";
@@ -1449,14 +1600,14 @@ static void test_gc__waits_for_an_add_in_progress_and_keeps_its_pack(void **stat
         if (!rc)
             rc = actl_store_add(s, a, &o, NULL);
         actl_store_close(s);
-        close(fd);
         _exit(rc ? 11 : 0);
     }
     close(to_child[0]);
     close(to_parent[1]);
     char c = 0;
     bool paused = read(to_parent[0], &c, 1) == 1 && c == 'w';
-    size_t files_before = count_files(obj); /* the pack, with no row yet: an "orphan" */
+    size_t files_before = count_files(obj); /* the pack, with no row yet */
+    int64_t rows_before = sql_int(&f, "SELECT count(*) FROM adapters");
     pid_t gc = paused ? fork() : -1;
     if (gc == 0) {
         actl_store *s = NULL;
@@ -1484,20 +1635,131 @@ static void test_gc__waits_for_an_add_in_progress_and_keeps_its_pack(void **stat
     close(to_parent[0]);
     assert_true(paused);
     assert_int_equal(files_before, 1);
+    assert_int_equal(rows_before, 0);
     assert_true(blocked);           /* gc waited for the add's lock */
     assert_int_equal(adder_status, 0);
     assert_int_equal(gc_status, 0); /* and removed nothing */
     assert_int_equal(count_files(obj), 1);
-    actl_entries *l = NULL;
-    assert_ok(actl_store_show(f.s, "late", &l));
-    actl_entries_free(l);
     actl_adapter *back = NULL;
     assert_ok(actl_store_load(f.s, "late", &back));
     actl_adapter_free(back);
     assert_verify_clean(f.s);
-    free(lock);
     free(obj);
     actl_adapter_free(a);
+    fx_free(&f);
+}
+
+/* verify holds the gc lock for its whole run: an rm committed after its
+ * snapshot leaves a row it still checks, and a gc meanwhile must wait rather
+ * than delete that row's pack under it. The gc process is forked before
+ * verify starts: a child forked inside it would share its flock on gc.lock
+ * and SQLite's state of its open transaction. */
+static const char *g_store_dir;
+static pid_t g_gc_child = -1;
+static int g_gc_go = -1;
+static bool g_gc_blocked, g_hook_ok;
+
+static void pause_verify_rm_gc(const char *point)
+{
+    if (strcmp(point, "verify") != 0)
+        return;
+    actl_store *s2 = NULL;
+    g_hook_ok = actl_store_open(g_store_dir, 0, &s2) == ACTL_OK &&
+                actl_store_rm(s2, "gone@1") == ACTL_OK && write(g_gc_go, "g", 1) == 1;
+    actl_store_close(s2);
+    struct timespec ts = {0, 300 * 1000000L};
+    nanosleep(&ts, NULL);
+    int st;
+    g_gc_blocked = waitpid(g_gc_child, &st, WNOHANG) == 0;
+}
+
+static void test_verify__an_rm_and_gc_meanwhile_report_nothing(void **state)
+{
+    (void)state;
+    fx f = fx_new();
+    actl_adapter *a = tiny_lora(50, 4), *b = tiny_lora(51, 4);
+    add_plain(f.s, a, "gone");
+    add_plain(f.s, b, "kept");
+    int go[2];
+    assert_int_equal(pipe(go), 0);
+    g_gc_child = fork();
+    assert_true(g_gc_child >= 0);
+    if (g_gc_child == 0) {
+        close(go[1]);
+        child_read(go[0]);
+        actl_store *s = NULL;
+        actl_gc_result r;
+        int rc = actl_store_open(f.store, 0, &s);
+        if (!rc)
+            rc = actl_store_gc(s, &r);
+        actl_store_close(s);
+        _exit(rc ? 20 : (int)r.packs_removed);
+    }
+    close(go[0]);
+    g_store_dir = f.store;
+    g_gc_go = go[1];
+    g_gc_blocked = g_hook_ok = false;
+    actl__store_test_pause = pause_verify_rm_gc;
+    problems p;
+    memset(&p, 0, sizeof p);
+    size_t n = 99;
+    int rc = actl_store_verify(f.s, collect, &p, &n);
+    actl__store_test_pause = NULL;
+    close(go[1]); /* a child still waiting for its word reads EOF and exits */
+    int gc_status = wait_bounded(g_gc_child, 30);
+    dump_problems(&p);
+    assert_ok(rc);
+    assert_true(g_hook_ok);
+    assert_true(g_gc_blocked);
+    assert_int_equal(n, 0);
+    assert_int_equal(gc_status, 1); /* once verify was done, gc took the pack */
+    assert_verify_clean(f.s);
+    actl_adapter_free(a);
+    actl_adapter_free(b);
+    fx_free(&f);
+}
+
+/* A load whose row is removed and whose pack is collected between its lookup
+ * and its read says so, unlike a pack lost while still referenced. */
+static actl_store *g_other;
+
+static void pause_load_rm_gc(const char *point)
+{
+    actl_gc_result r;
+    if (strcmp(point, "load") == 0 && actl_store_rm(g_other, "x@1") == ACTL_OK)
+        (void)actl_store_gc(g_other, &r);
+}
+
+static void test_load__a_removal_meanwhile_is_reported_as_such(void **state)
+{
+    (void)state;
+    fx f = fx_new();
+    actl_adapter *a = tiny_lora(52, 4), *b = tiny_lora(53, 4), *back = NULL;
+    add_plain(f.s, a, "x");
+    add_plain(f.s, b, "y");
+    assert_ok(actl_store_open(f.store, 0, &g_other));
+    actl__store_test_pause = pause_load_rm_gc;
+    int rc = actl_store_load(f.s, "x", &back);
+    char out[4400];
+    snprintf(out, sizeof out, "%s/out", f.dir);
+    actl__store_test_pause = NULL;
+    assert_err(rc, ACTL_ENOTFOUND, "'x@1' was removed while being read");
+    assert_null(back);
+    assert_err(actl_store_export(f.s, "x", out), ACTL_ENOTFOUND, "no adapter 'x'");
+    /* a pack gone while its row stays is not a removal */
+    actl_entries *l = NULL;
+    assert_ok(actl_store_show(f.s, "y", &l));
+    char *path = pack_file(&f, actl_entries_get(l, 0)->pack);
+    actl_entries_free(l);
+    assert_int_equal(unlink(path), 0);
+    assert_err(actl_store_load(f.s, "y", &back), ACTL_ENOTFOUND,
+               "cannot load 'y@1': cannot open pack");
+    assert_err(actl_store_export(f.s, "y@1", out), ACTL_ENOTFOUND, "cannot load 'y@1'");
+    actl_store_close(g_other);
+    g_other = NULL;
+    free(path);
+    actl_adapter_free(a);
+    actl_adapter_free(b);
     fx_free(&f);
 }
 
@@ -1530,6 +1792,268 @@ static void test_gc__a_killed_add_releases_the_lock(void **state)
     actl_gc_result r;
     assert_ok(actl_store_gc(f.s, &r));
     free(lock);
+    fx_free(&f);
+}
+
+/* ---- pull's entry points: add_pack, has_pack, partial downloads ---------------------- */
+
+/* Writes a's pack into dir/outside (as a finished download would be) and
+ * loads it back; *path gets the file, hex its digest. */
+static actl_adapter *pack_outside(const fx *f, const actl_adapter *a, char **path, char hex[65])
+{
+    char *outside = actl__path_join(f->dir, "outside");
+    assert_ok(actl__pack_write(a, outside, hex, NULL, NULL));
+    *path = actl__pack_path(outside, hex);
+    actl_adapter *back = NULL;
+    assert_ok(actl__pack_load(*path, hex, &back));
+    free(outside);
+    return back;
+}
+
+static void test_add_pack__moves_the_file_in_and_records_the_rows(void **state)
+{
+    (void)state;
+    fx f = fx_new();
+    actl_adapter *a = load_fixture("base-tiny", "road-2");
+    char hex[65], *src = NULL;
+    actl_adapter *b = pack_outside(&f, a, &src, hex);
+    off_t size = file_size(src);
+    char sha[65];
+    file_sha256(src, sha);
+    assert_string_equal(sha, hex);
+
+    assert_int_equal(actl__store_has_pack(f.s, hex), 0);
+    actl_add_opts o = actl_add_default_opts();
+    o.name = "pulled";
+    o.source = "https://example.invalid/pulled";
+    const char *tags[] = {"from=hub", NULL};
+    o.tags = tags;
+    actl_entries *l = NULL;
+    assert_ok(actl__store_add_pack(f.s, src, hex, b, &o, &l));
+    const actl_entry *e = actl_entries_get(l, 0);
+    assert_string_equal(e->name, "pulled");
+    assert_int_equal(e->version, 1);
+    assert_int_equal(e->kind, ACTL_KIND_ROAD);
+    assert_string_equal(e->variant, "road_2");
+    assert_string_equal(e->pack, hex);
+    assert_string_equal(e->source, "https://example.invalid/pulled");
+    assert_true(e->stored_bytes == (uint64_t)size);
+    actl_adapter_info info;
+    actl_adapter_info_get(a, &info);
+    assert_true(e->raw_bytes == info.bytes);
+    assert_int_equal(e->tag_count, 1);
+    actl_entries_free(l);
+
+    assert_false(actl__exists(src)); /* moved, not copied */
+    char *in = pack_file(&f, hex);
+    file_sha256(in, sha);
+    assert_string_equal(sha, hex);
+    assert_int_equal(actl__store_has_pack(f.s, hex), 1);
+    assert_int_equal(sql_int(&f, "SELECT count(*) FROM pack_tensors"),
+                     (int64_t)actl_adapter_tensor_count(a));
+    actl_adapter *back = NULL;
+    assert_ok(actl_store_load(f.s, "pulled", &back));
+    assert_int_equal(actl_adapter_tensor_count(back), actl_adapter_tensor_count(a));
+    for (size_t i = 0; i < actl_adapter_tensor_count(a); i++) {
+        const actl_tensor *x = actl_adapter_tensor(a, i), *y = actl_adapter_tensor(back, i);
+        assert_string_equal(x->name, y->name);
+        assert_int_equal(x->nbytes, y->nbytes);
+        assert_memory_equal(x->data, y->data, x->nbytes);
+    }
+    actl_adapter_free(back);
+    assert_verify_clean(f.s);
+    free(in);
+    free(src);
+    actl_adapter_free(b);
+    actl_adapter_free(a);
+    fx_free(&f);
+}
+
+/* The same bytes already in objects/: the download is dropped and the file in
+ * place shared; a damaged file in place is replaced by the verified one. */
+static void test_add_pack__shares_an_intact_pack_and_replaces_a_damaged_one(void **state)
+{
+    (void)state;
+    fx f = fx_new();
+    actl_adapter *a = tiny_lora(40, 4);
+    add_plain(f.s, a, "local");
+    char hex[65], *src = NULL;
+    actl_adapter *b = pack_outside(&f, a, &src, hex);
+    char *in = pack_file(&f, hex);
+    struct stat st1, st2;
+    assert_int_equal(stat(in, &st1), 0);
+    actl_add_opts o = actl_add_default_opts();
+    o.name = "pulled";
+    assert_ok(actl__store_add_pack(f.s, src, hex, b, &o, NULL));
+    assert_false(actl__exists(src));
+    assert_int_equal(stat(in, &st2), 0);
+    assert_int_equal(st1.st_ino, st2.st_ino); /* kept, not rewritten */
+    char *obj = objects_of(&f);
+    assert_int_equal(count_files(obj), 1);
+    assert_int_equal(sql_int(&f, "SELECT count(*) FROM packs"), 1);
+
+    /* flip a byte of the pack in place, then pull it again */
+    free(src);
+    actl_adapter_free(b);
+    b = pack_outside(&f, a, &src, hex);
+    size_t len;
+    char *data = NULL;
+    assert_ok(actl__read_file(in, 1 << 20, &data, &len));
+    data[len / 2] ^= 1;
+    FILE *w = fopen(in, "wb");
+    assert_non_null(w);
+    assert_int_equal(fwrite(data, 1, len, w), len);
+    fclose(w);
+    free(data);
+    o.name = "again";
+    assert_ok(actl__store_add_pack(f.s, src, hex, b, &o, NULL));
+    char sha[65];
+    file_sha256(in, sha);
+    assert_string_equal(sha, hex);
+    assert_verify_clean(f.s);
+    free(obj);
+    free(in);
+    free(src);
+    actl_adapter_free(b);
+    actl_adapter_free(a);
+    fx_free(&f);
+}
+
+/* pack_path NULL: objects/ must hold the pack (hashed), else ENOTFOUND; a bad
+ * digest is refused before anything happens. */
+static void test_add_pack__without_a_file_uses_the_pack_in_place(void **state)
+{
+    (void)state;
+    fx f = fx_new();
+    actl_adapter *a = tiny_lora(41, 4), *c = tiny_lora(42, 4);
+    add_plain(f.s, a, "local");
+    actl_entries *l = NULL;
+    assert_ok(actl_store_show(f.s, "local", &l));
+    char hex[65];
+    snprintf(hex, sizeof hex, "%s", actl_entries_get(l, 0)->pack);
+    actl_entries_free(l);
+    actl_add_opts o = actl_add_default_opts();
+    o.name = "same";
+    assert_ok(actl__store_add_pack(f.s, NULL, hex, a, &o, &l));
+    assert_string_equal(actl_entries_get(l, 0)->pack, hex);
+    actl_entries_free(l);
+
+    /* a digest objects/ does not hold */
+    char *dir = actl__path_join(f.dir, "elsewhere");
+    char other[65];
+    assert_ok(actl__pack_write(c, dir, other, NULL, NULL));
+    o.name = "absent";
+    assert_err(actl__store_add_pack(f.s, NULL, other, c, &o, NULL), ACTL_ENOTFOUND,
+               "cannot add 'absent'");
+    assert_err(actl_store_show(f.s, "absent", &l), ACTL_ENOTFOUND, "absent");
+    assert_err(actl__store_add_pack(f.s, NULL, "ABC", c, &o, NULL), ACTL_EINVAL,
+               "not a SHA-256");
+    assert_err(actl__store_add_pack(f.s, NULL, NULL, c, &o, NULL), ACTL_EINVAL, "NULL");
+    /* the options are checked as add checks them */
+    o.name = "bad name";
+    assert_err(actl__store_add_pack(f.s, NULL, hex, a, &o, NULL), ACTL_EINVAL,
+               "invalid adapter name");
+    assert_verify_clean(f.s);
+    test_rmtree(dir);
+    free(dir);
+    actl_adapter_free(a);
+    actl_adapter_free(c);
+    fx_free(&f);
+}
+
+static void test_has_pack__needs_both_the_row_and_the_file(void **state)
+{
+    (void)state;
+    fx f = fx_new();
+    actl_adapter *a = tiny_lora(43, 4);
+    add_plain(f.s, a, "x");
+    actl_entries *l = NULL;
+    assert_ok(actl_store_show(f.s, "x", &l));
+    char hex[65];
+    snprintf(hex, sizeof hex, "%s", actl_entries_get(l, 0)->pack);
+    actl_entries_free(l);
+    assert_int_equal(actl__store_has_pack(f.s, hex), 1);
+    assert_int_equal(actl__store_has_pack(f.s, "0123"), 0);
+    assert_int_equal(actl__store_has_pack(f.s, NULL), 0);
+    char upper[65];
+    for (int i = 0; i < 65; i++)
+        upper[i] = (char)(hex[i] >= 'a' && hex[i] <= 'f' ? hex[i] - 32 : hex[i]);
+    assert_int_equal(actl__store_has_pack(f.s, upper), strcmp(upper, hex) == 0);
+    /* the file without a row: not held */
+    char *p = pack_file(&f, hex);
+    char *saved = actl__path_join(f.dir, "saved");
+    assert_int_equal(rename(p, saved), 0);
+    assert_int_equal(actl__store_has_pack(f.s, hex), 0); /* row, no file */
+    assert_int_equal(rename(saved, p), 0);
+    assert_ok(actl_store_rm(f.s, "x"));
+    assert_int_equal(actl__store_has_pack(f.s, hex), 1); /* until gc */
+    actl_gc_result r;
+    assert_ok(actl_store_gc(f.s, &r));
+    assert_int_equal(actl__store_has_pack(f.s, hex), 0);
+    free(saved);
+    free(p);
+    actl_adapter_free(a);
+    fx_free(&f);
+}
+
+/* gc removes the partial downloads no pull holds (LOCK_SH), and only regular files. */
+static void test_gc__removes_abandoned_partial_downloads_only(void **state)
+{
+    (void)state;
+    fx f = fx_new();
+    char *dir = actl__path_join(f.store, ACTL_PARTIAL_DIR);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    char p[4400];
+    snprintf(p, sizeof p, "%s/abandoned", dir);
+    write_file(p, "half a pack");
+    snprintf(p, sizeof p, "%s/another", dir);
+    write_file(p, "");
+    snprintf(p, sizeof p, "%s/busy", dir);
+    write_file(p, "being written");
+    /* a pull's lock: another open file description, as another process has */
+    int held = open(p, O_RDWR);
+    assert_true(held >= 0);
+    assert_int_equal(flock(held, LOCK_SH), 0);
+    snprintf(p, sizeof p, "%s/sub", dir);
+    assert_int_equal(mkdir(p, 0755), 0);
+    snprintf(p, sizeof p, "%s/link", dir);
+    char *target = actl__path_join(f.dir, "target");
+    write_file(target, "not ours");
+    assert_int_equal(symlink(target, p), 0);
+    snprintf(p, sizeof p, "%s/fifo", dir);
+    assert_int_equal(mkfifo(p, 0644), 0);
+
+    actl_gc_result r;
+    assert_ok(actl_store_gc(f.s, &r));
+    assert_int_equal(r.temp_removed, 2);
+    assert_int_equal(r.packs_removed, 0);
+    snprintf(p, sizeof p, "%s/abandoned", dir);
+    assert_false(actl__exists(p));
+    snprintf(p, sizeof p, "%s/another", dir);
+    assert_false(actl__exists(p));
+    snprintf(p, sizeof p, "%s/busy", dir);
+    assert_true(actl__exists(p));
+    snprintf(p, sizeof p, "%s/sub", dir);
+    assert_true(actl__is_dir(p));
+    snprintf(p, sizeof p, "%s/fifo", dir);
+    struct stat sb;
+    assert_int_equal(lstat(p, &sb), 0);
+    snprintf(p, sizeof p, "%s/link", dir);
+    assert_int_equal(lstat(p, &sb), 0);
+    assert_true(actl__exists(target));
+
+    /* released: the next gc takes it */
+    close(held);
+    assert_ok(actl_store_gc(f.s, &r));
+    assert_int_equal(r.temp_removed, 1);
+    snprintf(p, sizeof p, "%s/busy", dir);
+    assert_false(actl__exists(p));
+    /* no partial directory at all is fine */
+    test_rmtree(dir);
+    assert_ok(actl_store_gc(f.s, &r));
+    assert_int_equal(r.temp_removed, 0);
+    free(target);
+    free(dir);
     fx_free(&f);
 }
 
@@ -1615,6 +2139,109 @@ static void test_verify__reports_a_deleted_pack(void **state)
     assert_int_equal(n, 1);
     assert_true(any_problem_has(&p, hex, "is missing"));
     assert_true(any_problem_has(&p, "'victim@1'", NULL));
+    free(path);
+    fx_free(&f);
+}
+
+/* Each fact column of a row is checked against the adapter its pack holds,
+ * and the JSON columns must parse. */
+static void test_verify__reports_each_column_that_differs_from_the_pack(void **state)
+{
+    (void)state;
+    struct {
+        const char *set, *want;
+    } cases[] = {
+        {"kind = 'lora'", "'victim@1': column kind is 'lora' in the catalogue but 'road'"},
+        {"kind = 'zzz'", "'victim@1': unknown kind 'zzz'"},
+        {"rank = 7", "'victim@1': column rank is 7 in the catalogue but 0"},
+        {"variant = 'road_1'",
+         "'victim@1': column variant is 'road_1' in the catalogue but 'road_4'"},
+        {"variant = NULL", "'victim@1': column variant is null in the catalogue but 'road_4'"},
+        {"group_size = 3", "'victim@1': column group_size is 3 in the catalogue but"},
+        {"target_modules = '[\"model.x\"]'",
+         "'victim@1': column target_modules is '[\"model.x\"]' in the catalogue but '[\"model."},
+        {"target_modules = '[\"a\",'", "'victim@1': column target_modules is not valid JSON"},
+        {"config = '{}'", "'victim@1': column config is '{}' in the catalogue but '{"},
+        {"config = '{\"r\": 1'", "'victim@1': column config is not valid JSON"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char hex[65], sql[256];
+        fx f = verify_store(hex);
+        snprintf(sql, sizeof sql, "UPDATE adapters SET %s WHERE name = 'victim'", cases[i].set);
+        sql_exec(&f, sql);
+        problems p;
+        memset(&p, 0, sizeof p);
+        size_t n = 0;
+        assert_ok(actl_store_verify(f.s, collect, &p, &n));
+        if (n != 1 || !any_problem_has(&p, cases[i].want, NULL)) {
+            print_message("case %s: want %s\n", cases[i].set, cases[i].want);
+            dump_problems(&p);
+        }
+        assert_int_equal(n, 1);
+        assert_true(any_problem_has(&p, cases[i].want, NULL));
+        fx_free(&f);
+    }
+}
+
+/* The same with the pack damaged: what needs no pack is still checked. */
+static void test_verify__checks_kind_and_json_of_rows_of_a_damaged_pack(void **state)
+{
+    (void)state;
+    char hex[65];
+    fx f = verify_store(hex);
+    sql_exec(&f, "UPDATE adapters SET kind = 'zzz', config = '{' WHERE name = 'victim'");
+    char *path = pack_file(&f, hex);
+    size_t len;
+    char *data = NULL;
+    assert_ok(actl__read_file(path, 1 << 20, &data, &len));
+    data[len - 1] ^= 1;
+    FILE *w = fopen(path, "wb");
+    assert_int_equal(fwrite(data, 1, len, w), len);
+    fclose(w);
+    problems p;
+    memset(&p, 0, sizeof p);
+    size_t n = 0;
+    assert_ok(actl_store_verify(f.s, collect, &p, &n));
+    assert_true(any_problem_has(&p, "'victim@1': unknown kind 'zzz'", NULL));
+    assert_true(any_problem_has(&p, "'victim@1': column config is not valid JSON", NULL));
+    assert_true(any_problem_has(&p, hex, "SHA-256"));
+    free(data);
+    free(path);
+    fx_free(&f);
+}
+
+/* A pack damaged in objects/ is not shared by the next add of the same
+ * adapter: it is replaced, and every adapter using it exports again. */
+static void test_add__repairs_a_damaged_pack_it_would_share(void **state)
+{
+    (void)state;
+    char hex[65];
+    fx f = verify_store(hex);
+    char *path = pack_file(&f, hex);
+    size_t len;
+    char *data = NULL;
+    assert_ok(actl__read_file(path, 1 << 20, &data, &len));
+    data[len / 2] ^= 0x10;
+    FILE *w = fopen(path, "wb");
+    assert_int_equal(fwrite(data, 1, len, w), len);
+    fclose(w);
+    char out[4400];
+    snprintf(out, sizeof out, "%s/out-damaged", f.dir);
+    assert_err(actl_store_export(f.s, "victim", out), ACTL_ECORRUPT, "cannot load 'victim@1'");
+    actl_adapter *a = load_fixture("base-tiny", "road-4");
+    assert_int_equal(add_plain(f.s, a, "again"), 1);
+    char sha[65];
+    file_sha256(path, sha);
+    assert_string_equal(sha, hex);
+    snprintf(out, sizeof out, "%s/out-victim", f.dir);
+    assert_ok(actl_store_export(f.s, "victim", out));
+    actl_adapter *back = NULL;
+    assert_ok(actl_adapter_load(out, &back));
+    assert_same_tensors(a, back);
+    assert_verify_clean(f.s);
+    actl_adapter_free(back);
+    actl_adapter_free(a);
+    free(data);
     free(path);
     fx_free(&f);
 }
@@ -1823,7 +2450,10 @@ int main(void)
         cmocka_unit_test(test_open__absent_store_without_create_is_ENOTFOUND),
         cmocka_unit_test(test_open__a_file_in_the_way_is_EIO),
         cmocka_unit_test(test_open__refuses_a_newer_schema),
+        cmocka_unit_test(test_open__a_newer_schema_is_refused_before_any_change),
+        cmocka_unit_test(test_open__connections_are_defensive_and_distrust_the_schema),
         cmocka_unit_test(test_open__not_a_database_is_EFORMAT),
+        cmocka_unit_test(test_migrate__names_start_from_the_versions_present),
         cmocka_unit_test(test_migrate__applies_pending_migrations_once_in_order),
         cmocka_unit_test(test_migrate__a_failing_migration_changes_nothing),
         cmocka_unit_test(test_migrate__refuses_a_gap_in_the_numbers),
@@ -1839,6 +2469,8 @@ int main(void)
         cmocka_unit_test(test_tags__rejects_bad_tags),
         cmocka_unit_test(test_add__records_the_facts_of_every_fixture),
         cmocka_unit_test(test_add__tensor_index_rows_match_the_tensors),
+        cmocka_unit_test(test_add__refuses_c1_controls_in_free_text),
+        cmocka_unit_test(test_add__automatic_versions_are_never_reused_after_rm),
         cmocka_unit_test(test_add__versions_count_up_unless_given),
         cmocka_unit_test(test_add__identical_adds_share_one_pack),
         cmocka_unit_test(test_add__refuses_bad_options_before_writing),
@@ -1851,10 +2483,20 @@ int main(void)
         cmocka_unit_test(test_rm__removes_rows_and_tags_and_gc_the_pack),
         cmocka_unit_test(test_gc__removes_orphan_files_and_temporaries_only),
         cmocka_unit_test(test_gc__waits_for_an_add_in_progress_and_keeps_its_pack),
+        cmocka_unit_test(test_verify__an_rm_and_gc_meanwhile_report_nothing),
+        cmocka_unit_test(test_load__a_removal_meanwhile_is_reported_as_such),
         cmocka_unit_test(test_gc__a_killed_add_releases_the_lock),
+        cmocka_unit_test(test_add_pack__moves_the_file_in_and_records_the_rows),
+        cmocka_unit_test(test_add_pack__shares_an_intact_pack_and_replaces_a_damaged_one),
+        cmocka_unit_test(test_add_pack__without_a_file_uses_the_pack_in_place),
+        cmocka_unit_test(test_has_pack__needs_both_the_row_and_the_file),
+        cmocka_unit_test(test_gc__removes_abandoned_partial_downloads_only),
         cmocka_unit_test(test_verify__a_good_store_is_clean),
         cmocka_unit_test(test_verify__reports_a_flipped_byte),
         cmocka_unit_test(test_verify__reports_a_deleted_pack),
+        cmocka_unit_test(test_verify__reports_each_column_that_differs_from_the_pack),
+        cmocka_unit_test(test_verify__checks_kind_and_json_of_rows_of_a_damaged_pack),
+        cmocka_unit_test(test_add__repairs_a_damaged_pack_it_would_share),
         cmocka_unit_test(test_verify__reports_a_row_whose_sizes_lie),
         cmocka_unit_test(test_verify__reports_tensor_index_rows_that_differ),
         cmocka_unit_test(test_verify__reports_dangling_foreign_keys),

@@ -289,6 +289,12 @@ def cmd_user_version(db, n):
     c.commit()
     c.close()
 
+def cmd_sql(db, stmt):
+    c = sqlite3.connect(db)
+    c.execute(stmt)
+    c.commit()
+    c.close()
+
 def cmd_table(doc):
     """list's text table: a header, one row per entry, and every column
     starting at the same place in every line (the header gives the places)."""
@@ -496,6 +502,14 @@ st --json list
 check "list lists the newest version of each name" "a@8 lora@1" \
     "$(py refs "$TMP/out" | tr '\n' ' ' | sed 's/ $//')"
 
+# NAME@V is never reused: after rm of the newest, the next add counts on.
+st rm a@8
+check_rc "rm a@8 exits 0" 0
+st --json add "$L" --name a
+check "a removed version is not given again" "9" "$(py get "$TMP/out" version)"
+st --json add "$L" --name a --version 8
+check "a removed version can be given explicitly" "8" "$(py get "$TMP/out" version)"
+
 # A directory whose name is not a valid adapter name needs --name.
 mkdir -p "$TMP/bad name"
 cp "$L"/* "$TMP/bad name/"
@@ -689,6 +703,32 @@ for b in broken-st pickle mismatch no-such-dir; do
 done
 st add "$TMP/pickle" --name pickle
 check_has "add of a pickle says why" "pickle" "$(tr 'A-Z' 'a-z' <<<"$err")"
+
+# Free text: C0 and C1 control characters are refused (C1 CSI moves terminals too).
+st add "$L" --name c1 --desc "$(printf 'a\xc2\x9b2Jb')"
+if [ "$rc" -eq 1 ] || [ "$rc" -eq 2 ]; then pass "a C1 control in --desc is refused"
+else fail "a C1 control in --desc is refused" "exit $rc"; fi
+check_has "a C1 control in --desc is named" "control character" "$err"
+st list --kind bogus
+check_rc "list --kind bogus exits 2" 2
+check_has "list --kind bogus names the kinds" "unknown kind 'bogus' (lora, road, bottleneck, mos)" "$err"
+
+# A crafted catalogue with a kind this build does not know: list and show
+# print "?" (never "(null)" or a crash), verify names the row.
+S=$TMP/s-crafted
+st add "$L" --name k
+py sql "$S/catalog.db" "UPDATE adapters SET kind = 'zzz' WHERE name = 'k'"
+st list
+check_rc "list with an unknown kind exits 0" 0
+check_has "list shows an unknown kind as ?" "k           1  ?     4" "$out"
+check_lacks "list never prints (null)" "(null)" "$out"
+st show k
+check_rc "show with an unknown kind exits 0" 0
+check_has "show shows an unknown kind as ?" "$(printf '%-14s?' kind)" "$out"
+check_lacks "show never prints (null)" "(null)" "$out"
+st verify
+check_rc "verify with an unknown kind exits 1" 1
+check_has "verify names the row and the kind" "'k@1': unknown kind 'zzz'" "$out$err"
 
 # ---- a store from a newer adapterctl ----------------------------------------
 

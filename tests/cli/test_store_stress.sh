@@ -7,17 +7,19 @@
 #     is clean, and gc removed no pack an add was about to reference.
 #  2. `adapterctl add` of a ~1 MB adapter is killed with SIGKILL at a random
 #     moment, at least 50 times: after every kill verify passes and every
-#     adapter that appeared in the list exports completely; at the end gc
-#     removes what the killed adds left behind and verify is still clean. A
-#     killed add that left no entry is (every other time) run again and must
-#     complete.
+#     listed adapter exports completely (its tensors file is byte for byte the
+#     reference export, which is checked against the source; its config names
+#     it); at the end gc removes what the killed adds left behind and verify
+#     is still clean. A killed add that left no entry is (every other time) run
+#     again and must complete. To bound the exports per kill, only the newest
+#     WINDOW adapters of the killed adds stay (older ones are removed with rm,
+#     so each is exported after WINDOW later kills, with rm's among them).
 #
 # The random moments come from bash's $RANDOM seeded with a fixed value, over
 # a range scaled to how long one add takes on this machine (so that kills land
 # in the load, the pack write and the transaction, in the normal and the
 # sanitizer build alike). STRESS_FULL=1 runs larger counts (16 x 100 adds,
-# 200 kills, and every listed adapter re-exported after every kill; several
-# minutes).
+# 200 kills, no window: every adapter stays; several minutes).
 #
 # Run from the repository root. ADAPTERCTL names the binary.
 set -u
@@ -27,18 +29,21 @@ FIX=$PWD/fixtures
 TMP=$(mktemp -d)
 # The interpreter itself, not a version manager's shim: ~100 python runs here.
 PY=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || echo python3)
+# Exports go to memory when /dev/shm allows: they are written and read ~500 times.
+EXP=$(mktemp -d /dev/shm/actl-stress.XXXXXX 2>/dev/null || mktemp -d "$TMP/exp.XXXXXX")
 bgpids=()
 cleanup() {
     for p in "${bgpids[@]+"${bgpids[@]}"}"; do kill -9 "$p" 2>/dev/null; done
-    rm -rf "$TMP"
+    rm -rf "$TMP" "$EXP"
 }
 trap cleanup EXIT
 npass=0 nfail=0
 if [ "${STRESS_FULL:-0}" = 1 ]; then
-    WORKERS=16 PER_WORKER=100 KILLS=200 FULL=1
+    WORKERS=16 PER_WORKER=100 KILLS=200 WINDOW=100000
 else
-    WORKERS=8 PER_WORKER=50 KILLS=50 FULL=0
+    WORKERS=8 PER_WORKER=50 KILLS=50 WINDOW=5
 fi
+JOBS=$(nproc 2>/dev/null || echo 2)
 start_s=$(date +%s)
 
 pass() { npass=$((npass + 1)); echo "ok: $1"; }
@@ -249,13 +254,34 @@ add_ms=$((t1 - t0))
 range=$((add_ms * 12 / 10))
 [ "$range" -lt 30 ] && range=30
 RANDOM=20260301
-checked=" reference "
 run --store "$S" export reference "$TMP/exp-reference"
-check_py_msg=$(py same "$TMP/big" "$TMP/exp-reference")
-check "the reference adapter exports completely" "" "$check_py_msg"
+check "the reference adapter exports completely" "" "$(py same "$TMP/big" "$TMP/exp-reference")"
+# Every killed add's source holds the same tensors as the reference: each of
+# their exports must hold the reference export's tensors file, byte for byte.
+ref_sum=$(sha256sum <"$TMP/exp-reference/adapter_model.safetensors" | cut -d' ' -f1)
 rm -rf "$TMP/exp-reference"
 
-verify_failures=0 export_failures=0 completed=0 exports=0 reruns=0 rerun_failures=0
+# exported_ok I NAMES...: exports every named adapter (JOBS at a time) into a
+# fresh $EXP and checks each: the export exited 0, its tensors file is the
+# reference's, and its config is its own (x_stress_copy names it). Prints one
+# line per problem.
+exported_ok() {
+    local i=$1
+    shift
+    rm -rf "${EXP:?}"/*
+    printf '%s\n' "$@" | xargs -P "$JOBS" -I{} sh -c \
+        '"$1" --store "$2" -q export "$3" "$4/$3" >/dev/null || echo "export of $3 after kill $5 exited $?"' \
+        sh "$BIN" "$S" {} "$EXP" "$i" 2>>"$TMP/export.err"
+    (cd "$EXP" && sha256sum -- */adapter_model.safetensors 2>&1) |
+        awk -v want="$ref_sum" -v n="$#" -v i="$i" '
+            $1 == want { ok++; next } { print "after kill " i ": " $0 " differs from the reference export" }
+            END { if (ok != n) print "after kill " i ": " ok + 0 " of " n " exports hold the reference tensors" }'
+    (cd "$EXP" && grep -o '"x_stress_copy": "[^"]*"' -- */adapter_config.json 2>/dev/null) |
+        awk -F'[/"]' -v i="$i" '$1 != $(NF - 1) { print "after kill " i ": " $1 "/adapter_config.json names " $(NF - 1) }'
+}
+
+verify_failures=0 export_failures=0 completed=0 exports=0 reruns=0 rerun_failures=0 removed=0
+kept=()
 for i in $(seq 0 $((KILLS - 1))); do
     delay=$((RANDOM % (range + 1)))
     "$BIN" --store "$S" -q add "$TMP/kill-src/k$i" --name "k$i" >/dev/null 2>&1 &
@@ -280,48 +306,35 @@ for i in $(seq 0 $((KILLS - 1))); do
             rerun_failures=$((rerun_failures + 1))
             fail "add k$i again after its kill exits 0" "${err:0:300}"
         fi
+        [ "$rc" -eq 0 ] && kept+=("k$i")
     elif [ "$rc" -eq 0 ]; then
         completed=$((completed + 1))
+        kept+=("k$i")
     fi
+    while [ ${#kept[@]} -gt "$WINDOW" ]; do
+        run --store "$S" -q rm "${kept[0]}"
+        [ "$rc" -eq 0 ] || fail "rm ${kept[0]} exits 0" "${err:0:300}"
+        removed=$((removed + 1))
+        kept=("${kept[@]:1}")
+    done
     run --store "$S" --json list
     # The names, without a python start per kill: list --json puts each entry's
     # "name" on its own line, indented by four spaces.
     names=$(sed -n 's/^    "name": "\(.*\)",$/\1/p' "$TMP/out")
-    # Exported: every listed adapter not yet checked (packs are immutable and
-    # verify re-hashed every tensor of the others above); with STRESS_FULL=1,
-    # every listed adapter after every kill.
-    dirs=()
-    for n in $names; do
-        case "$checked" in *" $n "*) [ "$FULL" = 1 ] || continue ;; esac
-        mkdir -p "$TMP/exp"
-        run --store "$S" export "$n" "$TMP/exp/$n.after-$i"
-        exports=$((exports + 1))
-        if [ "$rc" -ne 0 ]; then
-            export_failures=$((export_failures + 1))
-            fail "export of $n after kill $i exits 0" "${err:0:300}"
-        fi
-        dirs+=("$TMP/exp/$n.after-$i")
-        checked="$checked$n "
-    done
-    # The exported files are compared with the source in one python run at the
-    # end (they do not change once written; a python start per kill would be
-    # most of this loop's time); with STRESS_FULL=1, after each kill.
-    if [ "$FULL" = 1 ] && [ ${#dirs[@]} -gt 0 ]; then
-        msg=$(py same "$TMP/big" "${dirs[@]}")
-        if [ -n "$msg" ]; then
-            export_failures=$((export_failures + 1))
-            fail "adapters listed after kill $i export completely" "$msg"
-        fi
-        rm -rf "$TMP/exp"
+    want_names=$(printf '%s\n' reference "${kept[@]+"${kept[@]}"}" | sort)
+    if [ "$(sort <<<"$names")" != "$want_names" ]; then
+        fail "the adapters listed after kill $i are the completed adds" "$(diff <(echo "$want_names") <(sort <<<"$names"))"
     fi
-done
-if [ "$FULL" != 1 ] && [ -d "$TMP/exp" ]; then
-    msg=$(py same "$TMP/big" "$TMP"/exp/*)
+    # shellcheck disable=SC2086
+    msg=$(exported_ok "$i" $names)
+    exports=$((exports + $(wc -w <<<"$names")))
     if [ -n "$msg" ]; then
         export_failures=$((export_failures + 1))
-        fail "adapters listed after the kills exported completely" "$msg"
+        fail "every adapter listed after kill $i exports completely" "$msg"
     fi
-fi
+done
+san=$(grep -m1 -A20 Sanitizer "$TMP/export.err" 2>/dev/null)
+check "the exports ran clean under the sanitizers" "" "$san"
 check "verify passed after each of $KILLS kills" "0" "$verify_failures"
 check "every listed adapter exported completely after every kill" "0" "$export_failures"
 check "every killed add run again completed" "0" "$rerun_failures"
@@ -340,7 +353,8 @@ check "gc kept every listed adapter" "$nrefs" "$nrefs2"
 run --store "$S" verify
 check "verify after the kills and gc exits 0" "0" "$rc"
 echo "kills: $(($(now_ms) - t_kill0)) ms for $KILLS kills over 0-$range ms (one add takes $add_ms ms): $completed adds completed before" \
-    "their kill, $((KILLS - completed)) did not ($reruns of them were run again); $exports exports checked; left behind" \
+    "their kill, $((KILLS - completed)) did not ($reruns of them were run again); $removed removed by rm;" \
+    "$exports exports checked; left behind" \
     "$orphans orphan packs and $others temporary files; gc: $(tr -d ' \n' <<<"$gc_json")"
 
 echo "test_store_stress.sh: $npass passed, $nfail failed in $(($(date +%s) - start_s)) s"
