@@ -3,7 +3,7 @@
 #
 #   make [all]            library (static + shared) and the adapterctl binary
 #   make test [SAN=1]     cmocka unit tests and CLI tests (SAN=1: ASan + UBSan build)
-#   make demo             inspect the fixtures with the default store
+#   make demo             the main job on the default store: add, list, show, publish, pull
 #   make bench            benchmarks (tests/bench), figures beside a baseline
 #   make fixtures         regenerate fixtures/ with the deterministic generator
 #   make install PREFIX=/usr/local [DESTDIR=...]
@@ -78,7 +78,7 @@ deps:
 	    || { echo "make deps: apt-get install$$missing failed" >&2; exit 1; }; \
 	fi
 
-$(BUILD)/%.o: %.c lib/adapterctl.h lib/internal.h
+$(BUILD)/%.o: %.c lib/adapterctl.h lib/internal.h $(wildcard cmd/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
