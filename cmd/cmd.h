@@ -133,6 +133,14 @@ int cmd_lib_error(int code);
  * message. */
 int cmd_store_open(const struct cmd_ctx *ctx, actl_store **out);
 
+/* Opens the store as cmd_store_open does and pins ref (NAME[@V]) to one
+ * entry, the newest version of NAME when V is absent, so that a command acts
+ * on and reports that exact version. Returns CMD_OK with *e lent from *l, or
+ * CMD_FAIL after printing why. Either way the caller frees *l
+ * (actl_entries_free) and closes *s, which may be NULL. */
+int cmd_store_entry(const struct cmd_ctx *ctx, const char *ref, actl_store **s,
+                    actl_entries **l, const actl_entry **e);
+
 /* Parses a decimal integer in [min, INT64_MAX]; 0 on success, -1 otherwise. */
 int cmd_parse_int(const char *s, int64_t min, int64_t *out);
 

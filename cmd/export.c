@@ -36,21 +36,11 @@ int cmd_export(int argc, char **argv, struct cmd_ctx *ctx)
         return rc;
     const char *dir = argv[1];
 
-    if ((rc = cmd_store_open(ctx, &s)) != CMD_OK)
-        return rc;
     /* Pin the version, so that the one reported is the one written. */
-    int lrc = actl_store_show(s, argv[0], &l);
-    const actl_entry *e = lrc == ACTL_OK ? actl_entries_get(l, 0) : NULL;
-    if (lrc != ACTL_OK) {
-        rc = cmd_lib_error(lrc);
+    const actl_entry *e = NULL;
+    if ((rc = cmd_store_entry(ctx, argv[0], &s, &l, &e)) != CMD_OK)
         goto out;
-    }
-    if (!e) {
-        cmd_error("the store returned no entry for '%s'", argv[0]);
-        rc = CMD_FAIL;
-        goto out;
-    }
-    lrc = actl_store_export(s, cmd_ref_str(e, ref, sizeof ref), dir);
+    int lrc = actl_store_export(s, cmd_ref_str(e, ref, sizeof ref), dir);
     if (lrc != ACTL_OK) {
         rc = cmd_lib_error(lrc);
         goto out;

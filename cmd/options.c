@@ -216,6 +216,24 @@ out:
     return rc == ACTL_OK ? CMD_OK : cmd_lib_error(rc);
 }
 
+int cmd_store_entry(const struct cmd_ctx *ctx, const char *ref, actl_store **s,
+                    actl_entries **l, const actl_entry **e)
+{
+    *e = NULL;
+    int rc = cmd_store_open(ctx, s);
+    if (rc != CMD_OK)
+        return rc;
+    int lrc = actl_store_show(*s, ref, l);
+    if (lrc != ACTL_OK)
+        return cmd_lib_error(lrc);
+    *e = actl_entries_get(*l, 0);
+    if (!*e) {
+        cmd_error("the store returned no entry for '%s'", ref);
+        return CMD_FAIL;
+    }
+    return CMD_OK;
+}
+
 int cmd_parse_int(const char *s, int64_t min, int64_t *out)
 {
     char *end;

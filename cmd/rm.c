@@ -33,23 +33,13 @@ int cmd_rm(int argc, char **argv, struct cmd_ctx *ctx)
     if ((rc = cmd_check_ref(rm_usage, argv[0])) != CMD_OK)
         return rc;
 
-    if ((rc = cmd_store_open(ctx, &s)) != CMD_OK)
-        return rc;
     /* Resolve NAME to its newest version first, then remove exactly that
      * version: what is printed is what was removed, even if another process
      * adds a version in between. */
-    int lrc = actl_store_show(s, argv[0], &l);
-    const actl_entry *e = lrc == ACTL_OK ? actl_entries_get(l, 0) : NULL;
-    if (lrc != ACTL_OK) {
-        rc = cmd_lib_error(lrc);
+    const actl_entry *e = NULL;
+    if ((rc = cmd_store_entry(ctx, argv[0], &s, &l, &e)) != CMD_OK)
         goto out;
-    }
-    if (!e) {
-        cmd_error("the store returned no entry for '%s'", argv[0]);
-        rc = CMD_FAIL;
-        goto out;
-    }
-    lrc = actl_store_rm(s, cmd_ref_str(e, ref, sizeof ref));
+    int lrc = actl_store_rm(s, cmd_ref_str(e, ref, sizeof ref));
     if (lrc != ACTL_OK) {
         rc = cmd_lib_error(lrc);
         goto out;

@@ -1053,43 +1053,20 @@ out:
 
 /* ---- gc --------------------------------------------------------------- */
 
-/* Removes the files in dir (not subdirectories); counts them. */
-static int gc_tmp(const char *dir, actl_gc_result *res)
+/* Unlinks p, counting it in res->temp_removed; a file already gone is not an error. */
+static int gc_unlink(const char *p, actl_gc_result *res)
 {
-    DIR *d = opendir(dir);
-    if (!d)
-        return errno == ENOENT ? ACTL_OK
-                               : actl__err(ACTL_EIO, "cannot read '%s': %s", dir, strerror(errno));
-    int rc = ACTL_OK;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
-            continue;
-        char *p = actl__path_join(dir, e->d_name);
-        if (!p) {
-            rc = actl__oom();
-            break;
-        }
-        struct stat sb;
-        if (lstat(p, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
-            if (unlink(p) == 0)
-                res->temp_removed++;
-            else if (errno != ENOENT)
-                rc = actl__err(ACTL_EIO, "cannot remove '%s': %s", p, strerror(errno));
-        }
-        free(p);
-        if (rc)
-            break;
-    }
-    closedir(d);
-    return rc;
+    if (unlink(p) == 0)
+        res->temp_removed++;
+    else if (errno != ENOENT)
+        return actl__err(ACTL_EIO, "cannot remove '%s': %s", p, strerror(errno));
+    return ACTL_OK;
 }
 
-/* Removes the downloads in dir that no pull is writing: a pull holds
- * LOCK_SH on its partial file for as long as it writes it, so a file that
- * can be locked exclusively without waiting is abandoned. The lock is held
- * across the unlink, so no pull can take the file up in between. */
-static int gc_partial(const char *dir, actl_gc_result *res)
+/* Calls one(path, res) for every name in dir but "." and "..", stopping at
+ * the first error; a missing dir has nothing to remove. */
+static int gc_each(const char *dir, int (*one)(const char *, actl_gc_result *),
+                   actl_gc_result *res)
 {
     DIR *d = opendir(dir);
     if (!d)
@@ -1105,23 +1082,51 @@ static int gc_partial(const char *dir, actl_gc_result *res)
             rc = actl__oom();
             break;
         }
-        /* O_NOFOLLOW and O_NONBLOCK: a planted link or FIFO is neither
-         * followed nor waited on; only regular files are removed. */
-        int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
-        struct stat sb;
-        if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
-            flock(fd, LOCK_EX | LOCK_NB) == 0) {
-            if (unlink(p) == 0)
-                res->temp_removed++;
-            else if (errno != ENOENT)
-                rc = actl__err(ACTL_EIO, "cannot remove '%s': %s", p, strerror(errno));
-        }
-        if (fd >= 0)
-            close(fd);
+        rc = one(p, res);
         free(p);
     }
     closedir(d);
     return rc;
+}
+
+/* A temporary file (not a subdirectory) is always removed. */
+static int gc_tmp_one(const char *p, actl_gc_result *res)
+{
+    struct stat sb;
+    if (lstat(p, &sb) == 0 && !S_ISDIR(sb.st_mode))
+        return gc_unlink(p, res);
+    return ACTL_OK;
+}
+
+/* Removes the files in dir (not subdirectories); counts them. */
+static int gc_tmp(const char *dir, actl_gc_result *res)
+{
+    return gc_each(dir, gc_tmp_one, res);
+}
+
+/* A download no pull is writing: a pull holds LOCK_SH on its partial file for
+ * as long as it writes it, so a file that can be locked exclusively without
+ * waiting is abandoned. The lock is held across the unlink, so no pull can
+ * take the file up in between. */
+static int gc_partial_one(const char *p, actl_gc_result *res)
+{
+    int rc = ACTL_OK;
+    /* O_NOFOLLOW and O_NONBLOCK: a planted link or FIFO is neither
+     * followed nor waited on; only regular files are removed. */
+    int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    struct stat sb;
+    if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
+        flock(fd, LOCK_EX | LOCK_NB) == 0)
+        rc = gc_unlink(p, res);
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+/* Removes the downloads in dir that no pull is writing; counts them. */
+static int gc_partial(const char *dir, actl_gc_result *res)
+{
+    return gc_each(dir, gc_partial_one, res);
 }
 
 /* In one fanout directory objects/<xx>: removes every pack file that no

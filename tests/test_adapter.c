@@ -16,23 +16,8 @@
 #define HF_TINY SHARED_DATA "/hf-tiny-random-llama-2"
 
 /* Every fixture gen_adapters writes, for both bases. */
-static const char *const fixture_names[] = {
-    "lora",     "lora-patterns", "lora-fanin", "lora-dora",        "lora-embedding",
-    "lora-bias", "lora-bf16",    "lora-f16",   "road-1",           "road-2",
-    "road-4",   "bottleneck-series", "bottleneck-parallel", "mos",
-};
+static const char *const fixture_names[] = TEST_FIXTURE_NAMES;
 #define N_FIXTURES (sizeof fixture_names / sizeof fixture_names[0])
-
-static actl_adapter *load_fx(const char *base, const char *name)
-{
-    char path[512];
-    actl_adapter *a = NULL;
-    snprintf(path, sizeof path, ADAPTERS "/%s/%s", base, name);
-    int rc = actl_adapter_load(path, &a);
-    if (rc != ACTL_OK)
-        fail_msg("loading %s: %s: %s", path, actl_strerror(rc), actl_errmsg());
-    return a;
-}
 
 static actl_module_info module_named(const actl_adapter *a, const char *name)
 {
@@ -68,7 +53,7 @@ static void test_import__every_fixture_kind(void **state)
     static const char *const bases[] = {"hf-tiny", "base-tiny"};
     for (int b = 0; b < 2; b++)
         for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-            actl_adapter *a = load_fx(bases[b], want[i].name);
+            actl_adapter *a = test_load_fixture(bases[b], want[i].name);
             actl_adapter_info info;
             actl_adapter_info_get(a, &info);
             assert_int_equal(info.kind, want[i].kind);
@@ -83,7 +68,7 @@ static void test_import__every_fixture_kind(void **state)
 static void test_import__lora_facts(void **state)
 {
     (void)state;
-    actl_adapter *a = load_fx("hf-tiny", "lora");
+    actl_adapter *a = test_load_fixture("hf-tiny", "lora");
     actl_adapter_info info;
     actl_adapter_info_get(a, &info);
     assert_string_equal(info.base_model, "stas/tiny-random-llama-2");
@@ -146,7 +131,7 @@ static void test_import__pattern_scales_by_hand(void **state)
     };
     static const char *const bases[] = {"hf-tiny", "base-tiny"};
     for (int b = 0; b < 2; b++) {
-        actl_adapter *a = load_fx(bases[b], "lora-patterns");
+        actl_adapter *a = test_load_fixture(bases[b], "lora-patterns");
         actl_adapter_info info;
         actl_adapter_info_get(a, &info);
         assert_true(info.use_rslora);
@@ -166,25 +151,25 @@ static void test_import__options(void **state)
     actl_adapter_info info;
     actl_module_info mi;
 
-    actl_adapter *a = load_fx("hf-tiny", "lora-fanin");
+    actl_adapter *a = test_load_fixture("hf-tiny", "lora-fanin");
     actl_adapter_info_get(a, &info);
     assert_true(info.fan_in_fan_out);
     actl_adapter_free(a);
 
-    a = load_fx("hf-tiny", "lora-dora");
+    a = test_load_fixture("hf-tiny", "lora-dora");
     actl_adapter_info_get(a, &info);
     assert_true(info.use_dora);
     mi = module_named(a, "model.layers.0.self_attn.q_proj");
     assert_int_equal(mi.flags, ACTL_MOD_DORA);
     actl_adapter_free(a);
 
-    a = load_fx("hf-tiny", "lora-bias");
+    a = test_load_fixture("hf-tiny", "lora-bias");
     mi = module_named(a, "model.layers.0.self_attn.v_proj");
     assert_int_equal(mi.flags, ACTL_MOD_BIAS);
     actl_adapter_free(a);
 
     /* embedding LoRA: A [2, 3000], B [16, 2]; lm_head kept whole beside it */
-    a = load_fx("hf-tiny", "lora-embedding");
+    a = test_load_fixture("hf-tiny", "lora-embedding");
     actl_adapter_info_get(a, &info);
     assert_int_equal(info.module_count, 1);
     assert_int_equal(info.tensor_count, 3);
@@ -197,11 +182,11 @@ static void test_import__options(void **state)
     assert_non_null(actl_adapter_find(a, "base_model.model.lm_head.weight"));
     actl_adapter_free(a);
 
-    a = load_fx("base-tiny", "lora-bf16");
+    a = test_load_fixture("base-tiny", "lora-bf16");
     assert_int_equal(module_named(a, "model.layers.0.self_attn.k_proj").dtype, ACTL_BF16);
     assert_int_equal(module_named(a, "model.layers.0.self_attn.k_proj").out_features, 16);
     actl_adapter_free(a);
-    a = load_fx("base-tiny", "lora-f16");
+    a = test_load_fixture("base-tiny", "lora-f16");
     assert_int_equal(module_named(a, "model.layers.0.self_attn.o_proj").dtype, ACTL_F16);
     actl_adapter_free(a);
 }
@@ -213,7 +198,7 @@ static void test_import__road_bottleneck_mos_facts(void **state)
     actl_module_info mi;
 
     /* road_1 g 4 on q (out 16): theta [8]; road_2 g 8; road_4 g 4 on up (out 64): [128] */
-    actl_adapter *a = load_fx("hf-tiny", "road-1");
+    actl_adapter *a = test_load_fixture("hf-tiny", "road-1");
     actl_adapter_info_get(a, &info);
     assert_int_equal(info.variant, ACTL_ROAD_1);
     assert_int_equal(info.group_size, 4);
@@ -221,13 +206,13 @@ static void test_import__road_bottleneck_mos_facts(void **state)
     assert_int_equal(mi.out_features, 16);
     NEAR(mi.scale, 1);
     actl_adapter_free(a);
-    a = load_fx("hf-tiny", "road-2");
+    a = test_load_fixture("hf-tiny", "road-2");
     actl_adapter_info_get(a, &info);
     assert_int_equal(info.variant, ACTL_ROAD_2);
     assert_int_equal(info.group_size, 8);
     assert_int_equal(module_named(a, "model.layers.1.mlp.gate_proj").out_features, 64);
     actl_adapter_free(a);
-    a = load_fx("hf-tiny", "road-4");
+    a = test_load_fixture("hf-tiny", "road-4");
     actl_adapter_info_get(a, &info);
     assert_int_equal(info.variant, ACTL_ROAD_4);
     mi = module_named(a, "model.layers.0.mlp.up_proj");
@@ -236,7 +221,7 @@ static void test_import__road_bottleneck_mos_facts(void **state)
     actl_adapter_free(a);
 
     /* series: gate/up on input (D [4, 16]), down on output (D [4, 16], out of down = 16) */
-    a = load_fx("hf-tiny", "bottleneck-series");
+    a = test_load_fixture("hf-tiny", "bottleneck-series");
     actl_adapter_info_get(a, &info);
     assert_int_equal(info.activation, ACTL_ACT_TANH);
     assert_int_equal(info.rank, 4);
@@ -253,7 +238,7 @@ static void test_import__road_bottleneck_mos_facts(void **state)
     actl_adapter_free(a);
 
     /* parallel: down D [4, 64] U [16, 4]; the scale is the stored scalar */
-    a = load_fx("hf-tiny", "bottleneck-parallel");
+    a = test_load_fixture("hf-tiny", "bottleneck-parallel");
     actl_adapter_info_get(a, &info);
     assert_int_equal(info.activation, ACTL_ACT_RELU);
     assert_true(info.use_parallel_adapter);
@@ -272,7 +257,7 @@ static void test_import__road_bottleneck_mos_facts(void **state)
     actl_adapter_free(a);
 
     /* MoS: base-tiny k_proj [16, 32]: pool_A [6, 16], pool_B [6, 8], l 2, r 4 */
-    a = load_fx("base-tiny", "mos");
+    a = test_load_fixture("base-tiny", "mos");
     actl_adapter_info_get(a, &info);
     assert_int_equal(info.shards, 2);
     assert_int_equal(info.rank, 4);
@@ -298,20 +283,6 @@ static void test_kind_name(void **state)
 
 /* ---- round trip ---------------------------------------------------------------- */
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
-    s[n] = '\0';
-    fclose(f);
-    return s;
-}
-
 /* json_equal ignores key order, but in rank_pattern and alpha_pattern the order decides
  * which key wins: compare it key by key. */
 static void assert_same_pattern_order(const json_t *ca, const json_t *cb)
@@ -333,17 +304,7 @@ static void assert_same_pattern_order(const json_t *ca, const json_t *cb)
 
 static void assert_same_adapter(const actl_adapter *a, const actl_adapter *b)
 {
-    assert_int_equal(actl_adapter_tensor_count(a), actl_adapter_tensor_count(b));
-    for (size_t i = 0; i < actl_adapter_tensor_count(a); i++) {
-        const actl_tensor *x = actl_adapter_tensor(a, i), *y = actl_adapter_tensor(b, i);
-        assert_string_equal(actl_tensor_name(x), actl_tensor_name(y));
-        assert_int_equal(actl_tensor_dtype(x), actl_tensor_dtype(y));
-        assert_int_equal(actl_tensor_ndim(x), actl_tensor_ndim(y));
-        assert_memory_equal(actl_tensor_shape(x), actl_tensor_shape(y),
-                            sizeof(int64_t) * (size_t)actl_tensor_ndim(x));
-        assert_int_equal(actl_tensor_nbytes(x), actl_tensor_nbytes(y));
-        assert_memory_equal(actl_tensor_data(x), actl_tensor_data(y), actl_tensor_nbytes(x));
-    }
+    test_assert_same_tensors(a, b);
     json_t *ca = json_loads(actl_adapter_config(a), 0, NULL);
     json_t *cb = json_loads(actl_adapter_config(b), 0, NULL);
     assert_non_null(ca);
@@ -384,7 +345,7 @@ static void test_roundtrip__every_fixture_exact(void **state)
     char out[4300], src[512];
     for (int b = 0; b < 2; b++)
         for (size_t i = 0; i < N_FIXTURES; i++) {
-            actl_adapter *a = load_fx(bases[b], fixture_names[i]), *c = NULL;
+            actl_adapter *a = test_load_fixture(bases[b], fixture_names[i]), *c = NULL;
             snprintf(out, sizeof out, "%s/%s-%s", tmp, bases[b], fixture_names[i]);
             assert_ok(actl_adapter_save(a, out));
             assert_ok(actl_adapter_load(out, &c));
@@ -393,7 +354,7 @@ static void test_roundtrip__every_fixture_exact(void **state)
             snprintf(src, sizeof src, ADAPTERS "/%s/%s/adapter_config.json", bases[b],
                      fixture_names[i]);
             snprintf(out + strlen(out), sizeof out - strlen(out), "/adapter_config.json");
-            char *x = slurp(src), *y = slurp(out);
+            char *x = (char *)test_slurp(src, NULL), *y = (char *)test_slurp(out, NULL);
             assert_string_equal(x, y);
             free(x);
             free(y);
@@ -421,7 +382,7 @@ static void test_roundtrip__unknown_key_and_modules_to_save_survive(void **state
     (void)state;
     char *tmp = test_tmpdir();
     char out[4200];
-    actl_adapter *a = load_fx("hf-tiny", "lora"), *b = NULL;
+    actl_adapter *a = test_load_fixture("hf-tiny", "lora"), *b = NULL;
     snprintf(out, sizeof out, "%s/x", tmp);
     assert_ok(actl_adapter_save(a, out));
     assert_ok(actl_adapter_load(out, &b));
@@ -432,7 +393,7 @@ static void test_roundtrip__unknown_key_and_modules_to_save_survive(void **state
     actl_adapter_free(a);
     actl_adapter_free(b);
 
-    a = load_fx("hf-tiny", "lora-embedding");
+    a = test_load_fixture("hf-tiny", "lora-embedding");
     snprintf(out, sizeof out, "%s/y", tmp);
     assert_ok(actl_adapter_save(a, out));
     assert_ok(actl_adapter_load(out, &b));
@@ -497,7 +458,7 @@ static void test_export__config_text_is_what_python_writes(void **state)
     assert_int_equal(mkdir(out, 0777), 0);
     assert_ok(actl_adapter_save(a, out));
     snprintf(out, sizeof out, "%s/exp/adapter_config.json", tmp);
-    char *text = slurp(out);
+    char *text = (char *)test_slurp(out, NULL);
     assert_string_equal(text, python_text);
     free(text);
 
@@ -592,7 +553,7 @@ static void test_roundtrip__unsorted_patterns_keep_their_order(void **state)
     assert_unsorted_scales(b);
     assert_same_adapter(a, b);
     snprintf(out, sizeof out, "%s/u/adapter_config.json", tmp);
-    char *text = slurp(out);
+    char *text = (char *)test_slurp(out, NULL);
     assert_string_equal(text, unsorted_text);
     free(text);
     /* and through the compact config, as a store keeps it */
@@ -669,7 +630,7 @@ static void test_export__refuses_a_non_empty_destination(void **state)
 {
     (void)state;
     char *tmp = test_tmpdir(), out[4200], file[4300];
-    actl_adapter *a = load_fx("base-tiny", "road-1");
+    actl_adapter *a = test_load_fixture("base-tiny", "road-1");
     snprintf(out, sizeof out, "%s/taken", tmp);
     assert_int_equal(mkdir(out, 0777), 0);
     snprintf(file, sizeof file, "%s/keep.txt", out);
@@ -677,7 +638,7 @@ static void test_export__refuses_a_non_empty_destination(void **state)
     fputs("mine", f);
     fclose(f);
     assert_err(actl_adapter_save(a, out), ACTL_EEXIST, "taken");
-    char *s = slurp(file);
+    char *s = (char *)test_slurp(file, NULL);
     assert_string_equal(s, "mine");
     free(s);
     /* a file in the way is refused too */
@@ -865,7 +826,7 @@ static void test_mos__gather_refuses_overflowing_widths(void **state)
 static void test_mos__materialize_fixture_validates(void **state)
 {
     (void)state;
-    actl_adapter *m = load_fx("base-tiny", "mos"), *l = NULL, *back = NULL;
+    actl_adapter *m = test_load_fixture("base-tiny", "mos"), *l = NULL, *back = NULL;
     actl_base *base = NULL;
     assert_ok(actl_adapter_materialize(m, &l));
     assert_int_equal(actl_adapter_module_count(l), 6);
@@ -1069,7 +1030,7 @@ static void test_base__config_sizes_are_bounded(void **state)
 static void test_internal__module_find_and_ends_with(void **state)
 {
     (void)state;
-    actl_adapter *a = load_fx("hf-tiny", "lora");
+    actl_adapter *a = test_load_fixture("hf-tiny", "lora");
     const actl__module *m = actl__adapter_module_find(a, "model.layers.1.self_attn.v_proj");
     assert_non_null(m);
     assert_string_equal(m->info.name, "model.layers.1.self_attn.v_proj");
@@ -1140,7 +1101,7 @@ static void test_validate__base_tiny_fixtures_fit(void **state)
         actl_base *b = NULL;
         assert_ok(actl_base_load(bases[k], &b));
         for (size_t i = 0; i < N_FIXTURES; i++) {
-            actl_adapter *a = load_fx("base-tiny", fixture_names[i]);
+            actl_adapter *a = test_load_fixture("base-tiny", fixture_names[i]);
             int rc = actl_adapter_validate(a, b);
             if (rc)
                 fail_msg("%s on %s: %s", fixture_names[i], bases[k], actl_errmsg());
@@ -1157,7 +1118,7 @@ static void test_validate__hf_tiny_fixtures_fit_the_real_checkpoint(void **state
     actl_base *b = NULL;
     assert_ok(actl_base_load(HF_TINY, &b));
     for (size_t i = 0; i < N_FIXTURES; i++) {
-        actl_adapter *a = load_fx("hf-tiny", fixture_names[i]);
+        actl_adapter *a = test_load_fixture("hf-tiny", fixture_names[i]);
         int rc = actl_adapter_validate(a, b);
         if (rc)
             fail_msg("%s: %s", fixture_names[i], actl_errmsg());
@@ -1173,7 +1134,7 @@ static void test_validate__hf_tiny_fixtures_do_not_fit_base_tiny(void **state)
     actl_base *b = NULL;
     assert_ok(actl_base_load(BASE_TINY, &b));
     for (size_t i = 0; i < N_FIXTURES; i++) {
-        actl_adapter *a = load_fx("hf-tiny", fixture_names[i]);
+        actl_adapter *a = test_load_fixture("hf-tiny", fixture_names[i]);
         int rc = actl_adapter_validate(a, b);
         if (rc != ACTL_ESHAPE || !strstr(actl_errmsg(), "module 'model."))
             fail_msg("%s: expected a shape mismatch naming a module, got %s: %s",
@@ -1181,7 +1142,7 @@ static void test_validate__hf_tiny_fixtures_do_not_fit_base_tiny(void **state)
         actl_adapter_free(a);
     }
     /* the message carries both shapes: lora q_proj needs [16, 16], the base has [32, 32] */
-    actl_adapter *a = load_fx("hf-tiny", "lora");
+    actl_adapter *a = test_load_fixture("hf-tiny", "lora");
     assert_err(actl_adapter_validate(a, b), ACTL_ESHAPE,
                "module 'model.layers.0.self_attn.q_proj': the adapter needs a base weight "
                "[16, 16], the base has [32, 32]");

@@ -1,7 +1,7 @@
 /* test_fetch.c: the download layer (lib/fetch.c) against tests/faultserver.py on
  * loopback. The server runs for the whole group; each test resets its counters
  * and reads them back from /_stats to count requests and body bytes served.
- * Digests are checked against sha256sum(1), an independent implementation. */
+ * Digests are checked against test_sha256sum(1), an independent implementation. */
 #include "testutil.h"
 
 #include "internal.h"
@@ -33,32 +33,6 @@ static struct {
 } S;
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static void sha256sum(const char *path, char hex[65])
-{
-    char cmd[4400], line[256] = "";
-    snprintf(cmd, sizeof cmd, "sha256sum '%s'", path);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    assert_non_null(fgets(line, sizeof line, p));
-    assert_int_equal(pclose(p), 0);
-    memcpy(hex, line, 64);
-    hex[64] = '\0';
-}
-
-static void write_file(const char *path, const void *data, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, n, f), n);
-    assert_int_equal(fclose(f), 0);
-}
-
-static uint64_t file_size(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 ? (uint64_t)st.st_size : UINT64_MAX;
-}
 
 /* "http://127.0.0.1:PORT/rest" into buf. */
 static const char *url(char *buf, size_t cap, const char *rest)
@@ -117,53 +91,6 @@ static double seconds_since(const struct timespec *t0)
 
 /* ---- the server ------------------------------------------------------------ */
 
-/* Starts tests/faultserver.py serving S.root (HTTPS when cert is not NULL)
- * and waits for the port it writes to portfile. */
-static int start_server(const char *portfile, const char *cert, const char *key, pid_t *pid,
-                        int *port)
-{
-    *pid = fork();
-    if (*pid < 0)
-        return -1;
-    if (*pid == 0) {
-        /* dies with the test even when the test is killed */
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (cert)
-            execlp("python3", "python3", "tests/faultserver.py", "--port", "0", "--root",
-                   S.root, "--portfile", portfile, "--timeout", "120", "--tls-cert", cert,
-                   "--tls-key", key, (char *)NULL);
-        else
-            execlp("python3", "python3", "tests/faultserver.py", "--port", "0", "--root",
-                   S.root, "--portfile", portfile, "--timeout", "120", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) { /* up to 10 s */
-        FILE *f = fopen(portfile, "r");
-        if (f) {
-            int ok = fscanf(f, "%d", port) == 1;
-            fclose(f);
-            if (ok)
-                return 0;
-        }
-        if (waitpid(*pid, NULL, WNOHANG) == *pid) {
-            *pid = 0;
-            print_message("faultserver.py exited before writing its port\n");
-            return -1;
-        }
-        usleep(20000);
-    }
-    print_message("faultserver.py did not start within 10 s\n");
-    return -1;
-}
-
-static void stop_server(pid_t pid)
-{
-    if (pid > 0) {
-        kill(pid, SIGTERM);
-        waitpid(pid, NULL, 0);
-    }
-}
-
 static int group_setup(void **state)
 {
     (void)state;
@@ -188,24 +115,24 @@ static int group_setup(void **state)
         S.big[i] = (unsigned char)(r >> 24);
     }
     snprintf(path, sizeof path, "%s/big.bin", S.root);
-    write_file(path, S.big, BIG_SIZE);
-    sha256sum(path, S.big_sha);
+    test_write_file(path, S.big, BIG_SIZE);
+    test_sha256sum(path, S.big_sha);
     snprintf(S.big_etag, sizeof S.big_etag, "\"%s\"", S.big_sha);
     snprintf(path, sizeof path, "%s/small.txt", S.root);
-    write_file(path, SMALL_TEXT, strlen(SMALL_TEXT));
+    test_write_file(path, SMALL_TEXT, strlen(SMALL_TEXT));
     snprintf(path, sizeof path, "%s/trickle.bin", S.root);
-    write_file(path, S.big, TRICKLE_SIZE);
+    test_write_file(path, S.big, TRICKLE_SIZE);
     snprintf(path, sizeof path, "%s/empty.bin", S.root);
-    write_file(path, "", 0);
+    test_write_file(path, "", 0);
 
     snprintf(portfile, sizeof portfile, "%s/port", S.dir);
-    return start_server(portfile, NULL, NULL, &S.pid, &S.port);
+    return test_faultserver_start(S.root, portfile, NULL, NULL, &S.pid, &S.port);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    stop_server(S.pid);
+    test_faultserver_stop(S.pid);
     if (S.dir) {
         test_rmtree(S.dir);
         free(S.dir);
@@ -252,11 +179,11 @@ static void test_fetch__downloads_a_file_with_its_sha256(void **state)
     assert_ok(actl__fetch_run(&f));
     assert_int_equal(f.status, 200);
     assert_string_equal(f.sha256, S.big_sha);
-    sha256sum(out, hex);
+    test_sha256sum(out, hex);
     assert_string_equal(hex, S.big_sha);
     assert_int_equal(f.size, BIG_SIZE);
     assert_int_equal(f.transferred, BIG_SIZE);
-    assert_int_equal(file_size(out), BIG_SIZE);
+    assert_int_equal(test_file_size(out), BIG_SIZE);
     assert_string_equal(f.etag, S.big_etag);
     assert_string_equal(f.linked_sha256, "");
     assert_null(f.data);
@@ -281,7 +208,7 @@ static void test_fetch__downloads_into_memory(void **state)
     assert_string_equal(f.data, SMALL_TEXT); /* NUL-terminated */
     assert_int_equal(f.size, strlen(SMALL_TEXT));
     snprintf(src, sizeof src, "%s/small.txt", S.root);
-    sha256sum(src, hex);
+    test_sha256sum(src, hex);
     assert_string_equal(f.sha256, hex);
     free(f.data);
 }
@@ -294,7 +221,7 @@ static void test_fetch__downloads_an_empty_file(void **state)
     assert_ok(actl__fetch_run(&f));
     assert_int_equal(f.size, 0);
     assert_string_equal(f.sha256, EMPTY_SHA);
-    assert_int_equal(file_size(out), 0);
+    assert_int_equal(test_file_size(out), 0);
     f = new_fetch(u, NULL);
     assert_ok(actl__fetch_run(&f));
     assert_non_null(f.data);
@@ -318,12 +245,12 @@ static void test_fetch__reads_a_file_url(void **state)
     char u[4400], out[4400];
     snprintf(u, sizeof u, "file://%s/big.bin", S.root);
     out_path(out, sizeof out, "f");
-    write_file(out, "stale bytes that must go", 24);
+    test_write_file(out, "stale bytes that must go", 24);
     actl__fetch f = new_fetch(u, out);
     assert_ok(actl__fetch_run(&f));
     assert_int_equal(f.status, 0);
     assert_string_equal(f.sha256, S.big_sha);
-    assert_int_equal(file_size(out), BIG_SIZE);
+    assert_int_equal(test_file_size(out), BIG_SIZE);
     snprintf(u, sizeof u, "file://%s/absent.bin", S.root);
     f = new_fetch(u, NULL);
     assert_err(actl__fetch_run(&f), ACTL_ENOTFOUND, "absent.bin");
@@ -362,7 +289,7 @@ static void test_fetch__resumes_a_partial_file(void **state)
     char u[256], out[4400];
     const size_t k = 1000000;
     out_path(out, sizeof out, "p");
-    write_file(out, S.big, k);
+    test_write_file(out, S.big, k);
     actl__fetch f = new_fetch(url(u, sizeof u, "big.bin"), out);
     f.etag_in = S.big_etag;
     assert_ok(actl__fetch_run(&f));
@@ -370,13 +297,13 @@ static void test_fetch__resumes_a_partial_file(void **state)
     assert_int_equal(f.transferred, BIG_SIZE - k);
     assert_int_equal(f.size, BIG_SIZE);
     assert_string_equal(f.sha256, S.big_sha); /* the prefix is hashed too */
-    assert_int_equal(file_size(out), BIG_SIZE);
+    assert_int_equal(test_file_size(out), BIG_SIZE);
     long req, bytes;
     stats("/big.bin", &req, &bytes);
     assert_int_equal(req, 1);
     assert_int_equal(bytes, BIG_SIZE - k);
     /* without a validator the range is asked for all the same */
-    write_file(out, S.big, k);
+    test_write_file(out, S.big, k);
     f = new_fetch(u, out);
     assert_ok(actl__fetch_run(&f));
     assert_int_equal(f.transferred, BIG_SIZE - k);
@@ -388,13 +315,13 @@ static void test_fetch__restarts_when_the_server_ignores_range(void **state)
     (void)state;
     char u[256], out[4400];
     out_path(out, sizeof out, "n");
-    write_file(out, "garbage that is not the file's prefix", 37);
+    test_write_file(out, "garbage that is not the file's prefix", 37);
     actl__fetch f = new_fetch(url(u, sizeof u, "norange/big.bin"), out);
     assert_ok(actl__fetch_run(&f));
     assert_int_equal(f.status, 200);
     assert_int_equal(f.transferred, BIG_SIZE);
     assert_string_equal(f.sha256, S.big_sha);
-    assert_int_equal(file_size(out), BIG_SIZE);
+    assert_int_equal(test_file_size(out), BIG_SIZE);
 }
 
 static void test_fetch__restarts_when_if_range_does_not_match(void **state)
@@ -402,7 +329,7 @@ static void test_fetch__restarts_when_if_range_does_not_match(void **state)
     (void)state;
     char u[256], out[4400];
     out_path(out, sizeof out, "i");
-    write_file(out, "an older version of the file", 28);
+    test_write_file(out, "an older version of the file", 28);
     actl__fetch f = new_fetch(url(u, sizeof u, "big.bin"), out);
     f.etag_in = "\"an-older-version\"";
     assert_ok(actl__fetch_run(&f));
@@ -416,13 +343,13 @@ static void test_fetch__restarts_when_a_range_starts_elsewhere(void **state)
     (void)state;
     char u[256], out[4400];
     out_path(out, sizeof out, "b");
-    write_file(out, S.big, 1000);
+    test_write_file(out, S.big, 1000);
     /* a 206 for bytes 0- when 1000- was asked for: not appended, asked again whole */
     actl__fetch f = new_fetch(url(u, sizeof u, "badrange/big.bin"), out);
     assert_ok(actl__fetch_run(&f));
     assert_int_equal(f.status, 200);
     assert_string_equal(f.sha256, S.big_sha);
-    assert_int_equal(file_size(out), BIG_SIZE);
+    assert_int_equal(test_file_size(out), BIG_SIZE);
     long req, bytes;
     stats("/badrange/big.bin", &req, &bytes);
     assert_int_equal(req, 2);
@@ -433,7 +360,7 @@ static void test_fetch__takes_a_complete_partial_file_on_416(void **state)
     (void)state;
     char u[256], out[4400];
     out_path(out, sizeof out, "c416");
-    write_file(out, S.big, BIG_SIZE);
+    test_write_file(out, S.big, BIG_SIZE);
     actl__fetch f = new_fetch(url(u, sizeof u, "big.bin"), out);
     f.etag_in = S.big_etag;
     assert_ok(actl__fetch_run(&f));
@@ -448,7 +375,7 @@ static void test_fetch__restarts_a_partial_file_longer_than_the_file(void **stat
     (void)state;
     char u[256], out[4400];
     out_path(out, sizeof out, "l416");
-    write_file(out, S.big, BIG_SIZE);
+    test_write_file(out, S.big, BIG_SIZE);
     FILE *fp = fopen(out, "ab");
     assert_non_null(fp);
     fputs("tail", fp);
@@ -458,7 +385,7 @@ static void test_fetch__restarts_a_partial_file_longer_than_the_file(void **stat
     assert_int_equal(f.status, 200);
     assert_int_equal(f.transferred, BIG_SIZE);
     assert_string_equal(f.sha256, S.big_sha);
-    assert_int_equal(file_size(out), BIG_SIZE);
+    assert_int_equal(test_file_size(out), BIG_SIZE);
 }
 
 /* ---- faults ------------------------------------------------------------------ */
@@ -489,7 +416,7 @@ static void test_fetch__resumes_across_calls_after_giving_up(void **state)
     assert_err(actl__fetch_run(&f), ACTL_EIO, "closed after");
     assert_non_null(strstr(actl_errmsg(), "(5 attempts)"));
     assert_non_null(strstr(actl_errmsg(), "drop-half-5/big.bin"));
-    uint64_t kept = file_size(out);
+    uint64_t kept = test_file_size(out);
     assert_true(kept > BIG_SIZE / 2 && kept < BIG_SIZE);
     assert_int_equal(f.transferred, kept);
     assert_string_equal(f.etag, S.big_etag); /* what the kept bytes came with */
@@ -549,7 +476,7 @@ static void test_fetch__keeps_no_byte_past_the_announced_length(void **state)
     actl__fetch f = new_fetch(url(u, sizeof u, "long/big.bin"), out_path(out, sizeof out, "g"));
     assert_ok(actl__fetch_run(&f));
     assert_int_equal(f.size, BIG_SIZE);
-    assert_int_equal(file_size(out), BIG_SIZE);
+    assert_int_equal(test_file_size(out), BIG_SIZE);
     assert_string_equal(f.sha256, S.big_sha);
 }
 
@@ -561,7 +488,7 @@ static void test_fetch__reports_the_digest_of_wrong_bytes(void **state)
     assert_ok(actl__fetch_run(&f));
     assert_int_equal(f.size, BIG_SIZE);
     assert_string_not_equal(f.sha256, S.big_sha);
-    sha256sum(out, hex);
+    test_sha256sum(out, hex);
     assert_string_equal(f.sha256, hex);
 }
 
@@ -752,12 +679,12 @@ static void test_fetch__verifies_the_tls_peer(void **state)
     }
     pid_t pid = 0;
     int port = 0;
-    assert_int_equal(start_server(portfile, cert, key, &pid, &port), 0);
+    assert_int_equal(test_faultserver_start(S.root, portfile, cert, key, &pid, &port), 0);
     /* a certificate no CA signed: refused at once, not retried, not read */
     snprintf(u, sizeof u, "https://127.0.0.1:%d/small.txt", port);
     actl__fetch f = new_fetch(u, NULL);
     int rc = actl__fetch_run(&f);
-    stop_server(pid);
+    test_faultserver_stop(pid);
     assert_err(rc, ACTL_EIO, "certificate");
     assert_null(strstr(actl_errmsg(), "attempts"));
     assert_null(f.data);
@@ -772,7 +699,7 @@ static void test_fetch__refuses_a_body_announced_over_the_limit(void **state)
     actl__fetch f = new_fetch(url(u, sizeof u, "big.bin"), out_path(out, sizeof out, "m"));
     f.max_size = BIG_SIZE - 1;
     assert_err(actl__fetch_run(&f), ACTL_ELIMIT, "larger than the limit of 3145727 bytes");
-    assert_true(file_size(out) == 0 || !actl__exists(out));
+    assert_true(test_file_size(out) == 0 || !actl__exists(out));
     assert_int_equal(f.transferred, 0);
     /* exactly the limit is fine */
     f = new_fetch(u, out);
@@ -788,7 +715,7 @@ static void test_fetch__refuses_an_unannounced_body_over_the_limit(void **state)
     f.max_size = 1u << 20;
     assert_err(actl__fetch_run(&f), ACTL_ELIMIT, "body larger than the limit of 1048576 bytes");
     assert_true(f.transferred <= (1u << 20));
-    assert_int_equal(file_size(out), 0); /* nothing worth resuming is kept */
+    assert_int_equal(test_file_size(out), 0); /* nothing worth resuming is kept */
     f = new_fetch(u, NULL);
     f.max_size = 1000;
     assert_err(actl__fetch_run(&f), ACTL_ELIMIT, "limit of 1000 bytes");

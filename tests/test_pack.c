@@ -16,73 +16,11 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static char *join(const char *a, const char *b)
-{
-    char *p = actl__path_join(a, b);
-    assert_non_null(p);
-    return p;
-}
-
-static unsigned char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    long n = ftell(f);
-    assert_true(n >= 0);
-    rewind(f);
-    unsigned char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
 static void spit(const char *path, const void *buf, size_t len)
 {
     /* A new file each time: truncating one makes ext4 flush it on close. */
     unlink(path);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(buf, 1, len, f), len);
-    assert_int_equal(fclose(f), 0);
-}
-
-/* The SHA-256 of a file by the sha256sum program: independent of our code. */
-static void sha256sum(const char *path, char hex[65])
-{
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "sha256sum '%s'", path);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    assert_non_null(fgets(hex, 65, p));
-    pclose(p);
-    assert_int_equal(strlen(hex), 64);
-}
-
-/* Regular files under dir, recursively. */
-static size_t count_files(const char *dir)
-{
-    size_t n = 0;
-    DIR *d = opendir(dir);
-    if (!d)
-        return 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char *p = join(dir, e->d_name);
-        struct stat st;
-        assert_int_equal(lstat(p, &st), 0);
-        if (S_ISDIR(st.st_mode))
-            n += count_files(p);
-        else
-            n++;
-        free(p);
-    }
-    closedir(d);
-    return n;
+    test_write_file(path, buf, len);
 }
 
 static actl_adapter *load_fixture(const char *dir)
@@ -101,7 +39,7 @@ static char **fixture_dirs(size_t *n)
     *n = 0;
     const char *bases[] = {"base-tiny", "hf-tiny"};
     for (size_t b = 0; b < 2; b++) {
-        char *bd = join(ADAPTERS, bases[b]);
+        char *bd = test_join(ADAPTERS, bases[b]);
         struct dirent **ents;
         int k = scandir(bd, &ents, NULL, alphasort);
         assert_true(k >= 0);
@@ -109,7 +47,7 @@ static char **fixture_dirs(size_t *n)
             if (ents[i]->d_name[0] != '.') {
                 out = realloc(out, (*n + 1) * sizeof *out);
                 assert_non_null(out);
-                out[(*n)++] = join(bd, ents[i]->d_name);
+                out[(*n)++] = test_join(bd, ents[i]->d_name);
             }
             free(ents[i]);
         }
@@ -135,20 +73,7 @@ static void assert_same_adapter(const actl_adapter *a, const actl_adapter *b)
     actl_adapter_info_get(b, &ib);
     assert_int_equal(ia.kind, ib.kind);
     assert_int_equal(ia.module_count, ib.module_count);
-    size_t n = actl_adapter_tensor_count(a);
-    assert_int_equal(n, actl_adapter_tensor_count(b));
-    for (size_t i = 0; i < n; i++) {
-        const actl_tensor *x = actl_adapter_tensor(a, i), *y = actl_adapter_tensor(b, i);
-        assert_string_equal(actl_tensor_name(x), actl_tensor_name(y));
-        assert_int_equal(actl_tensor_dtype(x), actl_tensor_dtype(y));
-        assert_int_equal(actl_tensor_ndim(x), actl_tensor_ndim(y));
-        for (int d = 0; d < actl_tensor_ndim(x); d++)
-            assert_int_equal(actl_tensor_shape(x)[d], actl_tensor_shape(y)[d]);
-        assert_int_equal(actl_tensor_nbytes(x), actl_tensor_nbytes(y));
-        if (actl_tensor_nbytes(x))
-            assert_memory_equal(actl_tensor_data(x), actl_tensor_data(y),
-                                actl_tensor_nbytes(x));
-    }
+    test_assert_same_tensors(a, b);
 }
 
 typedef struct {
@@ -184,14 +109,14 @@ static packed make_pack(const char *fixture)
 {
     packed p;
     p.dir = test_tmpdir();
-    p.objects = join(p.dir, "objects");
+    p.objects = test_join(p.dir, "objects");
     actl_adapter *a = load_fixture(fixture);
     uint64_t stored, raw;
     assert_ok(actl__pack_write(a, p.objects, p.hex, &stored, &raw));
     actl_adapter_free(a);
     p.path = actl__pack_path(p.objects, p.hex);
     assert_non_null(p.path);
-    p.bytes = slurp(p.path, &p.len);
+    p.bytes = test_slurp(p.path, &p.len);
     return p;
 }
 
@@ -257,7 +182,7 @@ static void test_pack__round_trips_every_fixture(void **state)
     (void)state;
     size_t n;
     char **dirs = fixture_dirs(&n);
-    char *tmp = test_tmpdir(), *objects = join(tmp, "objects");
+    char *tmp = test_tmpdir(), *objects = test_join(tmp, "objects");
     for (size_t i = 0; i < n; i++) {
         actl_adapter *a = load_fixture(dirs[i]), *b = NULL, *c = NULL;
         char hex[65], again[65], sum[65];
@@ -267,7 +192,7 @@ static void test_pack__round_trips_every_fixture(void **state)
         assert_non_null(path);
 
         /* named by the SHA-256 of its bytes, as sha256sum computes it */
-        sha256sum(path, sum);
+        test_sha256sum(path, sum);
         assert_string_equal(sum, hex);
         struct stat st;
         assert_int_equal(stat(path, &st), 0);
@@ -296,9 +221,9 @@ static void test_pack__round_trips_every_fixture(void **state)
         actl_adapter_free(c);
     }
     /* one pack per distinct fixture, nothing left in tmp */
-    char *tmpd = join(objects, "tmp");
-    assert_int_equal(count_files(tmpd), 0);
-    assert_true(count_files(objects) <= n);
+    char *tmpd = test_join(objects, "tmp");
+    assert_int_equal(test_count_files(tmpd), 0);
+    assert_true(test_count_files(objects) <= n);
     free(tmpd);
     test_rmtree(tmp);
     free(tmp);
@@ -309,7 +234,7 @@ static void test_pack__round_trips_every_fixture(void **state)
 static void test_pack__same_adapter_twice_shares_one_file(void **state)
 {
     (void)state;
-    char *tmp = test_tmpdir(), *objects = join(tmp, "objects");
+    char *tmp = test_tmpdir(), *objects = test_join(tmp, "objects");
     actl_adapter *a = load_fixture(ADAPTERS "/hf-tiny/lora-bf16");
     actl_adapter *a2 = load_fixture(ADAPTERS "/hf-tiny/lora-bf16");
     char h1[65], h2[65];
@@ -319,7 +244,7 @@ static void test_pack__same_adapter_twice_shares_one_file(void **state)
     assert_int_equal(stat(path, &st1), 0);
     assert_ok(actl__pack_write(a2, objects, h2, NULL, NULL));
     assert_string_equal(h1, h2);
-    assert_int_equal(count_files(objects), 1);
+    assert_int_equal(test_count_files(objects), 1);
     /* shared: the intact file is left in place, not rewritten */
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_ino, st1.st_ino);
@@ -332,11 +257,11 @@ static void test_pack__same_adapter_twice_shares_one_file(void **state)
     /* a damaged file under the name is replaced: cut short, or of the right
      * size with one byte flipped (which a size check alone would share) */
     size_t len;
-    unsigned char *b = slurp(path, &len);
+    unsigned char *b = test_slurp(path, &len);
     spit(path, b, len / 2);
     assert_ok(actl__pack_write(a, objects, h2, NULL, NULL));
     size_t len2;
-    unsigned char *b2 = slurp(path, &len2);
+    unsigned char *b2 = test_slurp(path, &len2);
     assert_int_equal(len2, len);
     assert_memory_equal(b, b2, len);
     free(b2);
@@ -344,10 +269,10 @@ static void test_pack__same_adapter_twice_shares_one_file(void **state)
     spit(path, b, len);
     b[len - 1] ^= 0x40;
     assert_ok(actl__pack_write(a, objects, h2, NULL, NULL));
-    b2 = slurp(path, &len2);
+    b2 = test_slurp(path, &len2);
     assert_int_equal(len2, len);
     assert_memory_equal(b, b2, len);
-    assert_int_equal(count_files(objects), 1); /* no temporary left behind */
+    assert_int_equal(test_count_files(objects), 1); /* no temporary left behind */
     free(b);
     free(b2);
     free(path);
@@ -376,7 +301,7 @@ static void test_pack__keeps_pattern_order_and_scales(void **state)
                               ACTL_F32, 2, sb, zeros, &t[1]));
     actl_adapter *a = NULL, *back = NULL;
     assert_ok(actl_adapter_new(config, (const actl_tensor *const *)t, 2, "test", &a));
-    char *tmp = test_tmpdir(), *objects = join(tmp, "objects"), hex[65];
+    char *tmp = test_tmpdir(), *objects = test_join(tmp, "objects"), hex[65];
     assert_ok(actl__pack_write(a, objects, hex, NULL, NULL));
     char *path = actl__pack_path(objects, hex);
     assert_ok(actl__pack_load(path, hex, &back));
@@ -506,7 +431,7 @@ static void test_pack__detects_every_flipped_byte(void **state)
     json_t *hdr = header_of(p.bytes, p.len);
     uint64_t data_start = 24 + le64(p.bytes + 16);
     actl_adapter *orig = load_fixture(ADAPTERS "/hf-tiny/road-1");
-    char *bad = join(p.dir, "bad.pack");
+    char *bad = test_join(p.dir, "bad.pack");
     size_t benign = 0;
     unsigned char *copy = malloc(p.len);
     assert_non_null(copy);
@@ -570,7 +495,7 @@ static void test_pack__verify_reports_every_damaged_tensor(void **state)
                        (uint64_t)json_integer_value(json_object_get(t, "stored"));
         p.bytes[end - 1] ^= 0x40;
     }
-    char *bad = join(p.dir, "bad.pack");
+    char *bad = test_join(p.dir, "bad.pack");
     spit(bad, p.bytes, p.len);
     problems pr = {0};
     size_t count = 0;
@@ -591,7 +516,7 @@ static void test_pack__refuses_truncated_packs(void **state)
 {
     (void)state;
     packed p = make_pack(ADAPTERS "/hf-tiny/road-1");
-    char *bad = join(p.dir, "bad.pack");
+    char *bad = test_join(p.dir, "bad.pack");
     for (size_t cut = 0; cut < p.len; cut++) {
         spit(bad, p.bytes, cut);
         actl_adapter *a = NULL;
@@ -614,7 +539,7 @@ static void test_pack__refuses_truncated_packs(void **state)
 static void expect_header_refused(packed *p, json_t *hdr, size_t extra, int code,
                                   const char *needle)
 {
-    char *bad = join(p->dir, "edited.pack");
+    char *bad = test_join(p->dir, "edited.pack");
     write_with_header(bad, p, hdr, extra);
     actl_adapter *a = NULL;
     assert_err(actl__pack_load(bad, NULL, &a), code, needle);
@@ -640,7 +565,7 @@ static void test_pack__refuses_frames_that_overlap_or_leave_the_file(void **stat
 
     /* an unchanged header passes: the edits below are what is refused */
     hdr = header_of(p.bytes, p.len);
-    char *ok = join(p.dir, "same.pack");
+    char *ok = test_join(p.dir, "same.pack");
     write_with_header(ok, &p, hdr, 0);
     actl_adapter *a = NULL;
     assert_ok(actl__pack_load(ok, NULL, &a));
@@ -771,7 +696,7 @@ static void test_pack__refuses_a_damaged_prefix(void **state)
 {
     (void)state;
     packed p = make_pack(ADAPTERS "/hf-tiny/road-1");
-    char *bad = join(p.dir, "bad.pack");
+    char *bad = test_join(p.dir, "bad.pack");
     actl_adapter *a = NULL;
     unsigned char *b = malloc(p.len);
     assert_non_null(b);
@@ -822,7 +747,7 @@ static void test_pack__digest_and_file_errors(void **state)
     assert_int_equal(count, 1);
     assert_true(any_has(&pr, wrong));
 
-    char *missing = join(p.dir, "missing.pack");
+    char *missing = test_join(p.dir, "missing.pack");
     assert_err(actl__pack_load(missing, NULL, &a), ACTL_ENOTFOUND, "missing.pack");
     pr.n = 0;
     assert_ok(actl__pack_verify(missing, p.hex, collect, &pr, &count));
@@ -831,9 +756,9 @@ static void test_pack__digest_and_file_errors(void **state)
     assert_null(a);
 
     /* objects_dir under a regular file cannot be made */
-    char *file = join(p.dir, "plain");
+    char *file = test_join(p.dir, "plain");
     spit(file, "x", 1);
-    char *objs = join(file, "objects");
+    char *objs = test_join(file, "objects");
     actl_adapter *fx = load_fixture(ADAPTERS "/hf-tiny/road-1");
     char hex[65];
     assert_err(actl__pack_write(fx, objs, hex, NULL, NULL), ACTL_EIO, "cannot create directory");
@@ -884,11 +809,11 @@ static void test_pack__index_lists_what_the_header_says(void **state)
     assert_int_equal(ix.n, 0);
     assert_null(ix.header);
     assert_err(actl__pack_index_read(p.path, "xyz", &ix), ACTL_EINVAL, "not a SHA-256");
-    char *missing = join(p.dir, "missing.pack");
+    char *missing = test_join(p.dir, "missing.pack");
     assert_err(actl__pack_index_read(missing, NULL, &ix), ACTL_ENOTFOUND, "missing.pack");
     /* the header's checks are pack_load's: a tensor entry without its hash */
     json_object_del(json_array_get(ts, 1), "sha256");
-    char *bad = join(p.dir, "bad.pack");
+    char *bad = test_join(p.dir, "bad.pack");
     write_with_header(bad, &p, hdr, 0);
     assert_err(actl__pack_index_read(bad, NULL, &ix), ACTL_EFORMAT, "has 7 keys, expected 8");
     assert_int_equal(ix.n, 0);
@@ -902,15 +827,15 @@ static void test_pack__install_moves_shares_and_replaces(void **state)
 {
     (void)state;
     packed p = make_pack(ADAPTERS "/hf-tiny/road-1");
-    char *objects = join(p.dir, "store-objects");
+    char *objects = test_join(p.dir, "store-objects");
     char *dest = actl__pack_path(objects, p.hex);
-    char *src = join(p.dir, "download");
+    char *src = test_join(p.dir, "download");
     /* moved in: directories made, the source gone */
     spit(src, p.bytes, p.len);
     assert_ok(actl__pack_install(objects, src, p.hex));
     assert_false(actl__exists(src));
     char sum[65];
-    sha256sum(dest, sum);
+    test_sha256sum(dest, sum);
     assert_string_equal(sum, p.hex);
     struct stat st1, st2;
     assert_int_equal(stat(dest, &st1), 0);
@@ -926,10 +851,10 @@ static void test_pack__install_moves_shares_and_replaces(void **state)
     p.bytes[p.len / 2] ^= 4;
     spit(src, p.bytes, p.len);
     assert_ok(actl__pack_install(objects, src, p.hex));
-    sha256sum(dest, sum);
+    test_sha256sum(dest, sum);
     assert_string_equal(sum, p.hex);
     assert_false(actl__exists(src));
-    assert_int_equal(count_files(objects), 1);
+    assert_int_equal(test_count_files(objects), 1);
     assert_err(actl__pack_install(objects, src, "0123"), ACTL_EINVAL, "not a SHA-256");
     assert_err(actl__pack_install(objects, src, NULL), ACTL_EINVAL, "NULL");
     /* a missing source is an error, never a silent success */
@@ -959,7 +884,7 @@ static void test_pack__verify_load_gives_the_adapter_only_when_clean(void **stat
 
     /* a damaged tensor: reported, and no adapter */
     p.bytes[p.len - 1] ^= 0x40;
-    char *bad = join(p.dir, "bad.pack");
+    char *bad = test_join(p.dir, "bad.pack");
     spit(bad, p.bytes, p.len);
     p.bytes[p.len - 1] ^= 0x40;
     assert_ok(actl__pack_verify_load(bad, NULL, collect, &pr, &count, &a));

@@ -3,7 +3,7 @@
  * HF_ENDPOINT=file://..., and a published store. A second group runs the HTTP
  * behaviours file:// cannot show (ETag revalidation, resume with If-Range,
  * X-Linked-Etag) against tests/faultserver.py on loopback. Digests are
- * checked against sha256sum(1), tensors against the fixtures as
+ * checked against test_sha256sum(1), tensors against the fixtures as
  * actl_adapter_load reads them. */
 #include "testutil.h"
 
@@ -38,21 +38,7 @@ static void pathf(char *buf, size_t cap, const char *fmt, ...)
         fail_msg("'%s...' does not fit in %zu bytes", fmt, cap);
 }
 
-typedef struct fx {
-    char *dir;   /* scratch directory */
-    char *store; /* dir/store */
-    actl_store *s;
-} fx;
-
-static fx fx_new(void)
-{
-    fx f;
-    f.dir = test_tmpdir();
-    f.store = actl__path_join(f.dir, "store");
-    f.s = NULL;
-    assert_ok(actl_store_open(f.store, ACTL_STORE_CREATE, &f.s));
-    return f;
-}
+typedef test_fx fx;
 
 /* A second store in the same scratch directory. */
 static actl_store *store_beside(const fx *f, const char *name)
@@ -62,42 +48,6 @@ static actl_store *store_beside(const fx *f, const char *name)
     pathf(path, sizeof path, "%s/%s", f->dir, name);
     assert_ok(actl_store_open(path, ACTL_STORE_CREATE, &s));
     return s;
-}
-
-static void fx_free(fx *f)
-{
-    actl_store_close(f->s);
-    test_rmtree(f->dir);
-    free(f->store);
-    free(f->dir);
-}
-
-static void sha256sum(const char *path, char hex[65])
-{
-    char cmd[PATH_CAP + 32], line[256] = "";
-    pathf(cmd, sizeof cmd, "sha256sum '%s'", path);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    assert_non_null(fgets(line, sizeof line, p));
-    assert_int_equal(pclose(p), 0);
-    memcpy(hex, line, 64);
-    hex[64] = '\0';
-}
-
-static void write_file(const char *path, const void *data, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, n, f), n);
-    assert_int_equal(fclose(f), 0);
-}
-
-static void write_text(const char *path, const char *text) { write_file(path, text, strlen(text)); }
-
-static uint64_t file_size(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 ? (uint64_t)st.st_size : UINT64_MAX;
 }
 
 static void copy_file(const char *src, const char *dst)
@@ -120,27 +70,6 @@ static void file_url(const char *path, char *buf, size_t cap)
     char abs[PATH_MAX];
     assert_non_null(realpath(path, abs));
     pathf(buf, cap, "file://%s", abs);
-}
-
-/* Regular files under dir, recursively. */
-static size_t count_files(const char *dir)
-{
-    size_t n = 0;
-    DIR *d = opendir(dir);
-    if (!d)
-        return 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char *p = actl__path_join(dir, e->d_name);
-        struct stat sb;
-        if (lstat(p, &sb) == 0)
-            n += S_ISDIR(sb.st_mode) ? count_files(p) : 1;
-        free(p);
-    }
-    closedir(d);
-    return n;
 }
 
 /* The fixture directories fixtures/adapters/<base>/<kind>, sorted. */
@@ -202,22 +131,6 @@ static const actl_entry *show(actl_store *s, const char *ref, actl_entries **l)
     return actl_entries_get(*l, 0);
 }
 
-/* Same tensors: names, dtypes, shapes and bytes. */
-static void assert_same_tensors(const actl_adapter *a, const actl_adapter *b)
-{
-    assert_int_equal(actl_adapter_tensor_count(a), actl_adapter_tensor_count(b));
-    for (size_t i = 0; i < actl_adapter_tensor_count(a); i++) {
-        const actl_tensor *x = actl_adapter_tensor(a, i), *y = actl_adapter_tensor(b, i);
-        assert_string_equal(actl_tensor_name(x), actl_tensor_name(y));
-        assert_int_equal(actl_tensor_dtype(x), actl_tensor_dtype(y));
-        assert_int_equal(actl_tensor_ndim(x), actl_tensor_ndim(y));
-        assert_memory_equal(actl_tensor_shape(x), actl_tensor_shape(y),
-                            sizeof(int64_t) * (size_t)actl_tensor_ndim(x));
-        assert_int_equal(actl_tensor_nbytes(x), actl_tensor_nbytes(y));
-        assert_memory_equal(actl_tensor_data(x), actl_tensor_data(y), actl_tensor_nbytes(x));
-    }
-}
-
 static void count_problem(const char *message, void *ctx)
 {
     (void)ctx;
@@ -253,7 +166,7 @@ static snapshot snap(const fx *f)
     char objects[PATH_CAP];
     assert_ok(actl_store_stats_get(f->s, &x.st));
     pathf(objects, sizeof objects, "%s/objects", f->store);
-    x.objects = count_files(objects);
+    x.objects = test_count_files(objects);
     return x;
 }
 
@@ -311,7 +224,7 @@ static size_t partial_count(const fx *f)
 {
     char dir[PATH_CAP];
     pathf(dir, sizeof dir, "%s/partial", f->store);
-    return count_files(dir);
+    return test_count_files(dir);
 }
 
 /* ---- PEFT directory URLs -------------------------------------------------------- */
@@ -319,7 +232,7 @@ static size_t partial_count(const fx *f)
 static void test_pull__peft_url_gives_what_a_local_add_gives_for_every_fixture(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_store *local = store_beside(&f, "local");
     fixture_list fl;
     list_fixtures(&fl);
@@ -336,11 +249,11 @@ static void test_pull__peft_url_gives_what_a_local_add_gives_for_every_fixture(v
         assert_int_equal(r.unchanged, 0);
         assert_int_equal(r.files_transferred, 2);
         pathf(path, sizeof path, "%s/" MODEL_FILE, fl.path[i]);
-        sha256sum(path, sha);
+        test_sha256sum(path, sha);
         assert_string_equal(r.sha256, sha);
-        uint64_t want_bytes = file_size(path);
+        uint64_t want_bytes = test_file_size(path);
         pathf(path, sizeof path, "%s/" CONFIG_FILE, fl.path[i]);
-        want_bytes += file_size(path);
+        want_bytes += test_file_size(path);
         assert_int_equal(r.bytes_transferred, want_bytes);
 
         pathf(ref, sizeof ref, "%s@%lld", r.name, (long long)r.version);
@@ -353,20 +266,20 @@ static void test_pull__peft_url_gives_what_a_local_add_gives_for_every_fixture(v
         actl_adapter *pulled = NULL, *orig = NULL;
         assert_ok(actl_store_load(f.s, ref, &pulled));
         assert_ok(actl_adapter_load(fl.path[i], &orig));
-        assert_same_tensors(pulled, orig);
+        test_assert_same_tensors(pulled, orig);
         actl_adapter_free(pulled);
         actl_adapter_free(orig);
     }
     assert_int_equal(partial_count(&f), 0);
     assert_verify_clean(f.s);
     actl_store_close(local);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull__unchanged_peft_url_adds_nothing_the_second_time(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char url[PATH_CAP];
     file_url(ADAPTERS "/base-tiny/road-2", url, sizeof url);
     actl_pull_opts o = actl_pull_default_opts();
@@ -394,13 +307,13 @@ static void test_pull__unchanged_peft_url_adds_nothing_the_second_time(void **st
     assert_int_equal(r4.unchanged, 0);
     assert_string_equal(r4.name, "road-2");
     assert_int_equal(partial_count(&f), 0);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull__name_tags_and_a_trailing_slash(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char url[PATH_CAP];
     actl_entries *l = NULL;
     file_url(ADAPTERS "/hf-tiny/lora-dora", url, sizeof url);
@@ -421,13 +334,13 @@ static void test_pull__name_tags_and_a_trailing_slash(void **state)
     r = do_pull(f.s, url, NULL, &o);
     assert_string_equal(r.name, "mine");
     assert_int_equal(r.version, 1);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull__refuses_what_it_cannot_name_or_reach(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char url[PATH_CAP], dir[PATH_CAP];
     actl_pull_opts o = actl_pull_default_opts();
     snapshot before = snap(&f);
@@ -466,13 +379,13 @@ static void test_pull__refuses_what_it_cannot_name_or_reach(void **state)
     o.max_size = 2000; /* the config fits, the weights do not */
     assert_err(actl_store_pull(f.s, url, NULL, &o, NULL), ACTL_ELIMIT, MODEL_FILE);
     assert_unchanged(&f, &before);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull__sha256_mismatch_is_refused_and_the_store_unchanged(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char url[PATH_CAP], path[PATH_CAP], sha[65], upper[65];
     add_fixture(f.s, ADAPTERS "/base-tiny/lora", "kept", NULL, NULL, NULL);
     snapshot before = snap(&f);
@@ -485,26 +398,26 @@ static void test_pull__sha256_mismatch_is_refused_and_the_store_unchanged(void *
     assert_int_equal(partial_count(&f), 0); /* wrong bytes are not kept to resume */
     /* the right digest, in capitals, is accepted */
     pathf(path, sizeof path, ADAPTERS "/base-tiny/mos/" MODEL_FILE);
-    sha256sum(path, sha);
+    test_sha256sum(path, sha);
     for (int i = 0; i < 65; i++)
         upper[i] = (char)(sha[i] >= 'a' && sha[i] <= 'f' ? sha[i] - 'a' + 'A' : sha[i]);
     o.sha256 = upper;
     actl_pull_result r = do_pull(f.s, url, NULL, &o);
     assert_string_equal(r.sha256, sha);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull__an_invalid_adapter_is_refused_and_the_store_unchanged(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char url[PATH_CAP], dir[PATH_CAP], path[PATH_CAP + 64];
     snapshot before = snap(&f);
     /* a config that does not match the tensors */
     pathf(dir, sizeof dir, "%s/broken", f.dir);
     copy_fixture(ADAPTERS "/base-tiny/lora", dir);
     pathf(path, sizeof path, "%s/" CONFIG_FILE, dir);
-    write_text(path, "{\"peft_type\": \"ROAD\", \"variant\": \"road_1\", \"group_size\": 64}");
+    test_write_text(path, "{\"peft_type\": \"ROAD\", \"variant\": \"road_1\", \"group_size\": 64}");
     file_url(dir, url, sizeof url);
     actl_pull_opts o = actl_pull_default_opts();
     int rc = actl_store_pull(f.s, url, NULL, &o, NULL);
@@ -517,7 +430,7 @@ static void test_pull__an_invalid_adapter_is_refused_and_the_store_unchanged(voi
     assert_err(actl_store_pull(f.s, url, NULL, &o, NULL), ACTL_EFORMAT, MODEL_FILE);
     assert_unchanged(&f, &before);
     assert_int_equal(partial_count(&f), 0);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* ---- hf:// ----------------------------------------------------------------------- */
@@ -525,7 +438,7 @@ static void test_pull__an_invalid_adapter_is_refused_and_the_store_unchanged(voi
 static void test_pull__hf_url_resolves_against_HF_ENDPOINT(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char hub[PATH_CAP], dir[PATH_CAP], ep[PATH_CAP + 8], want[65];
     actl_store *local = store_beside(&f, "local");
     add_fixture(local, ADAPTERS "/base-tiny/bottleneck-series", "x", NULL, NULL, want);
@@ -557,13 +470,13 @@ static void test_pull__hf_url_resolves_against_HF_ENDPOINT(void **state)
     assert_non_null(strstr(actl_errmsg(), "hf://org/absent"));
     unsetenv("HF_ENDPOINT");
     actl_store_close(local);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull__hf_url_validation(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     /* points nowhere that exists: nothing may be fetched anyway */
     setenv("HF_ENDPOINT", "file:///nonexistent-hub", 1);
     static const char *const bad[] = {
@@ -589,7 +502,7 @@ static void test_pull__hf_url_validation(void **state)
     assert_unchanged(&f, &before);
     assert_int_equal(partial_count(&f), 0);
     unsetenv("HF_ENDPOINT");
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* ---- published stores --------------------------------------------------------------- */
@@ -646,7 +559,7 @@ static void assert_same_entry(const actl_entry *a, const actl_entry *b)
 static void test_publish__writes_a_sorted_index_and_verified_objects(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     fixture_list fl;
     char pub[PATH_CAP], path[PATH_CAP + 64];
     list_fixtures(&fl);
@@ -685,12 +598,12 @@ static void test_publish__writes_a_sorted_index_and_verified_objects(void **stat
         char sha[65];
         const char *pack = json_string_value(json_object_get(e, "pack"));
         pathf(path, sizeof path, "%s/objects/%s", pub, pack);
-        sha256sum(path, sha);
+        test_sha256sum(path, sha);
         assert_string_equal(sha, pack);
-        assert_int_equal(file_size(path), json_integer_value(json_object_get(e, "stored_bytes")));
+        assert_int_equal(test_file_size(path), json_integer_value(json_object_get(e, "stored_bytes")));
     }
     pathf(path, sizeof path, "%s/objects", pub);
-    distinct = count_files(path);
+    distinct = test_count_files(path);
     actl_store_stats st;
     assert_ok(actl_store_stats_get(f.s, &st));
     assert_int_equal(distinct, st.packs);
@@ -699,7 +612,7 @@ static void test_publish__writes_a_sorted_index_and_verified_objects(void **stat
     /* publishing again finds the same objects in place and writes a fresh index */
     assert_ok(actl_store_publish(f.s, pub, NULL, &count));
     pathf(path, sizeof path, "%s/objects", pub);
-    assert_int_equal(count_files(path), distinct);
+    assert_int_equal(test_count_files(path), distinct);
     /* a chosen subset: NAME is its newest version; duplicates collapse */
     char sub[PATH_CAP];
     pathf(sub, sizeof sub, "%s/sub", f.dir);
@@ -715,20 +628,20 @@ static void test_publish__writes_a_sorted_index_and_verified_objects(void **stat
     assert_string_equal(json_string_value(json_object_get(json_array_get(arr, 1), "name")),
                         "bt-mos");
     json_decref(root);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_publish__then_pull_round_trips_every_kind(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     fixture_list fl;
     char pub[PATH_CAP], url[PATH_CAP], path[PATH_CAP + 64];
     list_fixtures(&fl);
     fill_and_publish(&f, &fl, pub);
     file_url(pub, url, sizeof url);
     pathf(path, sizeof path, "%s/index.json", pub);
-    uint64_t index_size = file_size(path);
+    uint64_t index_size = test_file_size(path);
     actl_store *b = store_beside(&f, "second");
     actl_query q = actl_query_default();
     q.all_versions = 1;
@@ -765,7 +678,7 @@ static void test_publish__then_pull_round_trips_every_kind(void **state)
         actl_adapter *x = NULL, *y = NULL;
         assert_ok(actl_store_load(b, ref, &x));
         assert_ok(actl_store_load(f.s, ref, &y));
-        assert_same_tensors(x, y);
+        test_assert_same_tensors(x, y);
         actl_adapter_free(x);
         actl_adapter_free(y);
     }
@@ -792,13 +705,13 @@ static void test_publish__then_pull_round_trips_every_kind(void **state)
     assert_verify_clean(b);
     actl_entries_free(all);
     actl_store_close(b);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull__published_pack_already_here_is_not_downloaded(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char pub[PATH_CAP], url[PATH_CAP], pack[65];
     add_fixture(f.s, ADAPTERS "/base-tiny/lora-f16", "a", NULL, NULL, pack);
     pathf(pub, sizeof pub, "%s/pub", f.dir);
@@ -821,13 +734,13 @@ static void test_pull__published_pack_already_here_is_not_downloaded(void **stat
     actl_entries_free(l);
     assert_verify_clean(b);
     actl_store_close(b);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull__published_version_taken_locally_is_EEXIST_unless_renamed(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char pub[PATH_CAP], url[PATH_CAP];
     const char *tags[] = {"task=x", "user=bob", NULL};
     add_fixture(f.s, ADAPTERS "/base-tiny/road-1", "a", tags, "desc", NULL);
@@ -869,13 +782,13 @@ static void test_pull__published_version_taken_locally_is_EEXIST_unless_renamed(
     assert_int_equal(r.version, 2);
     assert_verify_clean(b);
     actl_store_close(b);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull__ref_missing_from_the_index_is_ENOTFOUND(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char pub[PATH_CAP], url[PATH_CAP];
     add_fixture(f.s, ADAPTERS "/base-tiny/lora", "a", NULL, NULL, NULL);
     pathf(pub, sizeof pub, "%s/pub", f.dir);
@@ -895,13 +808,13 @@ static void test_pull__ref_missing_from_the_index_is_ENOTFOUND(void **state)
     assert_ok(actl_store_stats_get(b, &st));
     assert_int_equal(st.versions, 0);
     actl_store_close(b);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull__published_pack_whose_bytes_do_not_match_is_refused(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char pub[PATH_CAP], url[PATH_CAP], pa[65], pb[65], path[PATH_CAP + 128],
         other[PATH_CAP + 128];
     add_fixture(f.s, ADAPTERS "/base-tiny/lora", "a", NULL, NULL, pa);
@@ -909,7 +822,7 @@ static void test_pull__published_pack_whose_bytes_do_not_match_is_refused(void *
     pathf(pub, sizeof pub, "%s/pub", f.dir);
     assert_ok(actl_store_publish(f.s, pub, NULL, NULL));
     file_url(pub, url, sizeof url);
-    fx g = fx_new();
+    fx g = test_fx_new();
     snapshot before = snap(&g);
     actl_pull_opts o = actl_pull_default_opts();
     /* a's object holds b's (valid) pack */
@@ -923,9 +836,9 @@ static void test_pull__published_pack_whose_bytes_do_not_match_is_refused(void *
     /* b's object with one byte flipped */
     FILE *fp = fopen(other, "r+b");
     assert_non_null(fp);
-    assert_int_equal(fseek(fp, (long)(file_size(other) / 2), SEEK_SET), 0);
+    assert_int_equal(fseek(fp, (long)(test_file_size(other) / 2), SEEK_SET), 0);
     int c = fgetc(fp);
-    assert_int_equal(fseek(fp, (long)(file_size(other) / 2), SEEK_SET), 0);
+    assert_int_equal(fseek(fp, (long)(test_file_size(other) / 2), SEEK_SET), 0);
     fputc(c ^ 0x10, fp);
     fclose(fp);
     assert_err(actl_store_pull(g.s, url, "b", &o, NULL), ACTL_ECORRUPT, pb);
@@ -934,14 +847,14 @@ static void test_pull__published_pack_whose_bytes_do_not_match_is_refused(void *
     o.sha256 = pa;
     assert_err(actl_store_pull(g.s, url, "b", &o, NULL), ACTL_ECORRUPT, "not the expected");
     assert_unchanged(&g, &before);
-    fx_free(&g);
-    fx_free(&f);
+    test_fx_free(&g);
+    test_fx_free(&f);
 }
 
 static void test_pull__hostile_index_is_refused(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char pub[PATH_CAP], url[PATH_CAP], path[PATH_CAP + 64], pack[65], text[4096];
     add_fixture(f.s, ADAPTERS "/base-tiny/lora", "a", NULL, NULL, pack);
     pathf(pub, sizeof pub, "%s/pub", f.dir);
@@ -1011,7 +924,7 @@ static void test_pull__hostile_index_is_refused(void **state)
             pathf(entry, sizeof entry, cases[i].text, pack);
             pathf(text, sizeof text, "{\"format\":1,\"adapters\":[%s]}", entry);
         }
-        write_text(path, text);
+        test_write_text(path, text);
         int rc = actl_store_pull(b, url, "a", &o, NULL);
         if (rc != cases[i].code || !strstr(actl_errmsg(), cases[i].needle) ||
             !strstr(actl_errmsg(), "index.json"))
@@ -1024,7 +937,7 @@ static void test_pull__hostile_index_is_refused(void **state)
              "{\"format\":1,\"adapters\":[{\"name\":\"a\",\"version\":1,\"pack\":\"%s\","
              "\"stored_bytes\":1000000,\"raw_bytes\":1}]}",
              pack);
-    write_text(path, text);
+    test_write_text(path, text);
     o.max_size = 1000;
     assert_err(actl_store_pull(b, url, "a", &o, NULL), ACTL_ELIMIT, "limit");
     o.max_size = 0;
@@ -1033,7 +946,7 @@ static void test_pull__hostile_index_is_refused(void **state)
              "{\"format\":1,\"adapters\":[{\"name\":\"a\",\"version\":1,\"pack\":\"%s\","
              "\"stored_bytes\":100,\"raw_bytes\":1}]}",
              pack);
-    write_text(path, text);
+    test_write_text(path, text);
     assert_err(actl_store_pull(b, url, "a", &o, NULL), ACTL_ELIMIT, "larger than the limit");
     /* an index over 64 MiB (sparse: costs no disk) */
     int fd = open(path, O_WRONLY | O_TRUNC);
@@ -1045,13 +958,13 @@ static void test_pull__hostile_index_is_refused(void **state)
     assert_stats_equal(&before, &after);
     assert_verify_clean(b);
     actl_store_close(b);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_publish__a_missing_ref_writes_nothing(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char pub[PATH_CAP];
     add_fixture(f.s, ADAPTERS "/base-tiny/lora", "a", NULL, NULL, NULL);
     pathf(pub, sizeof pub, "%s/pub", f.dir);
@@ -1071,19 +984,19 @@ static void test_publish__a_missing_ref_writes_nothing(void **state)
     assert_ok(actl_store_publish(e, pub, NULL, &count));
     assert_int_equal(count, 0);
     actl_store_close(e);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_publish__refuses_a_damaged_pack_and_keeps_the_old_index(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char pub[PATH_CAP], pack[65], path[PATH_CAP + 64], index[PATH_CAP + 64], sha[65];
     add_fixture(f.s, ADAPTERS "/base-tiny/lora", "a", NULL, NULL, NULL);
     pathf(pub, sizeof pub, "%s/pub", f.dir);
     assert_ok(actl_store_publish(f.s, pub, NULL, NULL));
     pathf(index, sizeof index, "%s/index.json", pub);
-    sha256sum(index, sha);
+    test_sha256sum(index, sha);
     add_fixture(f.s, ADAPTERS "/base-tiny/mos", "b", NULL, NULL, pack);
     pathf(path, sizeof path, "%s/objects/%.2s/%s", f.store, pack, pack);
     FILE *fp = fopen(path, "r+b");
@@ -1093,11 +1006,11 @@ static void test_publish__refuses_a_damaged_pack_and_keeps_the_old_index(void **
     fclose(fp);
     assert_err(actl_store_publish(f.s, pub, NULL, NULL), ACTL_ECORRUPT, pack);
     char now[65];
-    sha256sum(index, now);
+    test_sha256sum(index, now);
     assert_string_equal(now, sha); /* the old index still stands */
     pathf(path, sizeof path, "%s/objects", pub);
-    assert_int_equal(count_files(path), 1); /* no temporary left */
-    fx_free(&f);
+    assert_int_equal(test_count_files(path), 1); /* no temporary left */
+    test_fx_free(&f);
 }
 
 /* ---- partial files and gc ------------------------------------------------------------ */
@@ -1105,7 +1018,7 @@ static void test_publish__refuses_a_damaged_pack_and_keeps_the_old_index(void **
 static void test_gc__removes_an_abandoned_partial_but_not_a_locked_one(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char dir[PATH_CAP], src[PATH_CAP], dst[PATH_CAP + 64], url[PATH_CAP];
     /* a directory with the config but no weights: the pull fails, and leaves
      * nothing behind (the config came whole, the weights not at all) */
@@ -1122,10 +1035,10 @@ static void test_gc__removes_an_abandoned_partial_but_not_a_locked_one(void **st
      * and a partial file a pull in progress holds */
     char part[PATH_CAP], etag[PATH_CAP], held[PATH_CAP], held_etag[PATH_CAP];
     partial_paths(&f, "http://127.0.0.1:1/left/" MODEL_FILE, part, etag);
-    write_text(part, "some bytes");
-    write_text(etag, "\"e\"\n");
+    test_write_text(part, "some bytes");
+    test_write_text(etag, "\"e\"\n");
     partial_paths(&f, "http://127.0.0.1:1/held/" MODEL_FILE, held, held_etag);
-    write_text(held, "other bytes");
+    test_write_text(held, "other bytes");
     int fd = open(held, O_RDWR);
     assert_true(fd >= 0);
     assert_int_equal(flock(fd, LOCK_EX), 0);
@@ -1137,7 +1050,7 @@ static void test_gc__removes_an_abandoned_partial_but_not_a_locked_one(void **st
     close(fd); /* the pull ends without finishing: now abandoned */
     assert_ok(actl_store_gc(f.s, &g));
     assert_int_equal(partial_count(&f), 0);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* ---- HTTP, against tests/faultserver.py ------------------------------------------------- */
@@ -1153,31 +1066,7 @@ static int start_server(void)
 {
     char portfile[PATH_CAP + 16];
     pathf(portfile, sizeof portfile, "%s/port", S.dir);
-    S.pid = fork();
-    if (S.pid < 0)
-        return -1;
-    if (S.pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM); /* dies with the test even when it is killed */
-        execlp("python3", "python3", "tests/faultserver.py", "--port", "0", "--root", S.root,
-               "--portfile", portfile, "--timeout", "120", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) { /* up to 10 s */
-        FILE *f = fopen(portfile, "r");
-        if (f) {
-            int ok = fscanf(f, "%d", &S.port) == 1;
-            fclose(f);
-            if (ok)
-                return 0;
-        }
-        if (waitpid(S.pid, NULL, WNOHANG) == S.pid) {
-            S.pid = 0;
-            print_message("faultserver.py exited before writing its port\n");
-            return -1;
-        }
-        usleep(20000);
-    }
-    return -1;
+    return test_faultserver_start(S.root, portfile, NULL, NULL, &S.pid, &S.port);
 }
 
 static int http_setup(void **state)
@@ -1204,10 +1093,7 @@ static int http_setup(void **state)
 static int http_teardown(void **state)
 {
     (void)state;
-    if (S.pid > 0) {
-        kill(S.pid, SIGTERM);
-        waitpid(S.pid, NULL, 0);
-    }
+    test_faultserver_stop(S.pid);
     if (S.dir) {
         test_rmtree(S.dir);
         free(S.dir);
@@ -1254,7 +1140,7 @@ static int reset_counters(void **state)
 static void test_pull_http__second_pull_revalidates_and_transfers_nothing(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char u[256];
     http_url(u, sizeof u, "peft/lora");
     actl_pull_opts o = actl_pull_default_opts();
@@ -1278,13 +1164,13 @@ static void test_pull_http__second_pull_revalidates_and_transfers_nothing(void *
     assert_int_equal(r3.unchanged, 0);
     assert_int_equal(r3.version, 2);
     assert_int_equal(r3.bytes_transferred, r1.bytes_transferred);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull_http__published_store_second_pull_transfers_nothing(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char pub[PATH_CAP + 64], u[256], pack[65];
     add_fixture(f.s, ADAPTERS "/base-tiny/lora-patterns", "p", NULL, NULL, pack);
     pathf(pub, sizeof pub, "%s/pub", S.root);
@@ -1312,19 +1198,19 @@ static void test_pull_http__published_store_second_pull_transfers_nothing(void *
     assert_int_equal(r3.files_transferred, 2);
     assert_verify_clean(b);
     actl_store_close(b);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull_http__resumes_a_partial_file_with_if_range(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char u[256], file_u[300], part[PATH_CAP], etag[PATH_CAP], src[PATH_CAP], sha[65];
     http_url(u, sizeof u, "peft/mos");
     pathf(file_u, sizeof file_u, "%s/" MODEL_FILE, u);
     pathf(src, sizeof src, "%s/peft/mos/" MODEL_FILE, S.root);
-    sha256sum(src, sha);
-    uint64_t size = file_size(src);
+    test_sha256sum(src, sha);
+    uint64_t size = test_file_size(src);
     /* what an interrupted pull leaves: the first half, and the ETag it came with */
     FILE *in = fopen(src, "rb");
     assert_non_null(in);
@@ -1333,10 +1219,10 @@ static void test_pull_http__resumes_a_partial_file_with_if_range(void **state)
     fclose(in);
     partial_paths(&f, file_u, part, etag);
     mkdirs(strcat(strcpy(src, f.store), "/partial"));
-    write_file(part, half, size / 2);
+    test_write_file(part, half, size / 2);
     char tag[80];
     pathf(tag, sizeof tag, "\"%s\"\n", sha); /* the server's ETag is the quoted digest */
-    write_text(etag, tag);
+    test_write_text(etag, tag);
     actl_pull_opts o = actl_pull_default_opts();
     actl_pull_result r = do_pull(f.s, u, NULL, &o);
     assert_string_equal(r.sha256, sha);
@@ -1346,8 +1232,8 @@ static void test_pull_http__resumes_a_partial_file_with_if_range(void **state)
     /* a partial whose ETag the server no longer has: the whole file comes */
     reset_counters(NULL);
     assert_ok(actl_store_rm(f.s, "mos"));
-    write_file(part, half, size / 2);
-    write_text(etag, "\"stale\"\n");
+    test_write_file(part, half, size / 2);
+    test_write_text(etag, "\"stale\"\n");
     r = do_pull(f.s, u, NULL, &o);
     assert_string_equal(r.sha256, sha);
     assert_int_equal(served("/peft/mos/" MODEL_FILE), (long)size);
@@ -1355,22 +1241,22 @@ static void test_pull_http__resumes_a_partial_file_with_if_range(void **state)
     /* a partial without an ETag, and no digest to check: started again */
     reset_counters(NULL);
     assert_ok(actl_store_rm(f.s, "mos"));
-    write_file(part, "garbage that is not the file's start", 36);
+    test_write_file(part, "garbage that is not the file's start", 36);
     unlink(etag);
     r = do_pull(f.s, u, NULL, &o);
     assert_string_equal(r.sha256, sha);
     assert_int_equal(served("/peft/mos/" MODEL_FILE), (long)size);
     free(half);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull_http__hf_over_http_and_x_linked_etag(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char ep[256], sha[65], src[PATH_CAP];
     pathf(src, sizeof src, "%s/org/repo/resolve/main/" MODEL_FILE, S.root);
-    sha256sum(src, sha);
+    test_sha256sum(src, sha);
     setenv("HF_ENDPOINT", http_url(ep, sizeof ep, ""), 1);
     actl_pull_opts o = actl_pull_default_opts();
     actl_pull_result r = do_pull(f.s, "hf://org/repo", NULL, &o);
@@ -1388,13 +1274,13 @@ static void test_pull_http__hf_over_http_and_x_linked_etag(void **state)
     assert_unchanged(&f, &before);
     assert_int_equal(partial_count(&f), 0);
     unsetenv("HF_ENDPOINT");
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_pull_http__a_failed_download_keeps_a_partial_that_gc_removes(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char u[256];
     /* every attempt cut after half its bytes: the pull gives up */
     http_url(u, sizeof u, "drop-half/peft/mos");
@@ -1407,7 +1293,7 @@ static void test_pull_http__a_failed_download_keeps_a_partial_that_gc_removes(vo
     actl_gc_result g;
     assert_ok(actl_store_gc(f.s, &g));
     assert_int_equal(partial_count(&f), 0);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 int main(void)

@@ -16,40 +16,6 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static char *join(const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    assert_non_null(p);
-    snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
-    assert_int_equal(fclose(f), 0);
-}
-
-/* The whole file, malloc'd. */
-static unsigned char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    long n = ftell(f);
-    assert_true(n >= 0);
-    rewind(f);
-    unsigned char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
 static uint64_t le64(const unsigned char *p)
 {
     uint64_t v = 0;
@@ -168,7 +134,7 @@ static void test_safetensors__reads_valid_control_file(void **state)
     (void)state;
     const char *path = BROKEN "valid.safetensors";
     size_t len;
-    unsigned char *file = slurp(path, &len);
+    unsigned char *file = test_slurp(path, &len);
     const unsigned char *data = file + 8 + le64(file);
     actl_st *st;
     assert_ok(actl_st_open(path, &st));
@@ -231,7 +197,7 @@ static void test_safetensors__missing_file_is_not_found(void **state)
 static void test_safetensors__round_trips_every_dtype_scalars_and_empty_tensors(void **state)
 {
     (void)state;
-    char *dir = test_tmpdir(), *path = join(dir, "all.safetensors");
+    char *dir = test_tmpdir(), *path = test_join(dir, "all.safetensors");
     enum { N = ACTL_DTYPE_COUNT + 4 };
     actl_tensor *t[N];
     int k = 0;
@@ -299,11 +265,11 @@ static void test_safetensors__round_trips_every_dtype_scalars_and_empty_tensors(
 static void test_safetensors__writes_and_reads_file_with_no_tensors(void **state)
 {
     (void)state;
-    char *dir = test_tmpdir(), *path = join(dir, "none.safetensors");
+    char *dir = test_tmpdir(), *path = test_join(dir, "none.safetensors");
     actl_st *st;
     assert_ok(actl_st_write(path, NULL, 0, NULL));
     size_t len;
-    unsigned char *file = slurp(path, &len);
+    unsigned char *file = test_slurp(path, &len);
     /* No metadata given, so none written: "{}" and six spaces. */
     assert_int_equal(len, 16);
     assert_int_equal(le64(file), 8);
@@ -325,7 +291,7 @@ static void test_safetensors__writes_and_reads_file_with_no_tensors(void **state
 static void test_safetensors__pads_header_with_spaces_to_multiple_of_8(void **state)
 {
     (void)state;
-    char *dir = test_tmpdir(), *path = join(dir, "pad.safetensors");
+    char *dir = test_tmpdir(), *path = test_join(dir, "pad.safetensors");
     bool seen[8] = {false};
     for (int extra = 0; extra < 8; extra++) {
         char name[32];
@@ -334,7 +300,7 @@ static void test_safetensors__pads_header_with_spaces_to_multiple_of_8(void **st
         actl_tensor *t = mk(name, ACTL_U8, 1, shape);
         assert_ok(actl_st_write(path, (const actl_tensor *const *)&t, 1, NULL));
         size_t len;
-        unsigned char *file = slurp(path, &len);
+        unsigned char *file = test_slurp(path, &len);
         uint64_t n = le64(file);
         assert_int_equal((8 + n) % 8, 0);
         assert_int_equal(len, 8 + n + 3);
@@ -368,7 +334,7 @@ static void test_safetensors__pads_header_with_spaces_to_multiple_of_8(void **st
 static void test_safetensors__writer_rejects_duplicate_and_reserved_names(void **state)
 {
     (void)state;
-    char *dir = test_tmpdir(), *path = join(dir, "dup.safetensors");
+    char *dir = test_tmpdir(), *path = test_join(dir, "dup.safetensors");
     static const int64_t shape[] = {2};
     actl_tensor *t[3] = {mk("a", ACTL_F32, 1, shape), mk("b", ACTL_F32, 1, shape),
                          mk("a", ACTL_F16, 1, shape)};
@@ -398,18 +364,18 @@ static void test_safetensors__writer_rejects_duplicate_and_reserved_names(void *
 static void test_safetensors__write_replaces_file_whole_and_leaves_no_temporaries(void **state)
 {
     (void)state;
-    char *dir = test_tmpdir(), *path = join(dir, "model.safetensors");
+    char *dir = test_tmpdir(), *path = test_join(dir, "model.safetensors");
     static const int64_t big[] = {1000}, small[] = {2};
     actl_tensor *old = mk("old", ACTL_F32, 1, big), *new_ = mk("new", ACTL_F16, 1, small);
 
     assert_ok(actl_st_write(path, (const actl_tensor *const *)&old, 1, NULL));
     size_t old_len;
-    free(slurp(path, &old_len));
+    free(test_slurp(path, &old_len));
     assert_true(old_len > 4000);
 
     assert_ok(actl_st_write(path, (const actl_tensor *const *)&new_, 1, NULL));
     size_t len;
-    unsigned char *file = slurp(path, &len);
+    unsigned char *file = test_slurp(path, &len);
     /* The new file alone: no bytes of the longer old one left behind. */
     assert_int_equal(len, 8 + le64(file) + 4);
     assert_memory_equal(file + len - 4, actl_tensor_data(new_), 4);
@@ -425,7 +391,7 @@ static void test_safetensors__write_replaces_file_whole_and_leaves_no_temporarie
     const actl_tensor *dup[2] = {new_, new_};
     assert_err(actl_st_write(path, dup, 2, NULL), ACTL_EINVAL, "appears twice");
     size_t len2;
-    free(slurp(path, &len2));
+    free(test_slurp(path, &len2));
     assert_int_equal(len2, len);
 
     char names[256];
@@ -442,7 +408,7 @@ static void test_safetensors__finds_each_of_10000_tensors_by_name(void **state)
 {
     (void)state;
     enum { N = 10000 };
-    char *dir = test_tmpdir(), *path = join(dir, "many.safetensors");
+    char *dir = test_tmpdir(), *path = test_join(dir, "many.safetensors");
     actl_tensor **t = malloc(N * sizeof *t);
     assert_non_null(t);
     static const int64_t shape[] = {1};
@@ -482,7 +448,7 @@ static void test_safetensors__rejects_more_than_a_million_tensors(void **state)
 {
     (void)state;
     enum { N = 1000001 };
-    char *dir = test_tmpdir(), *path = join(dir, "huge.safetensors");
+    char *dir = test_tmpdir(), *path = test_join(dir, "huge.safetensors");
     size_t cap = (size_t)N * 16 + 16, n = 0;
     char *h = malloc(cap);
     assert_non_null(h);
@@ -532,7 +498,7 @@ typedef struct {
 static size_t llama_expected(expect_t *ex)
 {
     size_t len;
-    unsigned char *text = slurp(LLAMA "/config.json", &len);
+    unsigned char *text = test_slurp(LLAMA "/config.json", &len);
     json_error_t e;
     json_t *cfg = json_loadb((const char *)text, len, 0, &e);
     assert_non_null(cfg);
@@ -583,7 +549,7 @@ static void test_safetensors__reads_hf_tiny_llama_shapes_and_bf16_values(void **
 
     /* The header as the test reads it, for the offsets. */
     size_t flen;
-    unsigned char *file = slurp(path, &flen);
+    unsigned char *file = test_slurp(path, &flen);
     uint64_t hn = le64(file);
     json_error_t je;
     json_t *hdr = json_loadb((const char *)file + 8, (size_t)hn, 0, &je);
@@ -683,13 +649,13 @@ static char *make_sharded(const char *index, const char *extra)
     actl_tensor *a = mk("a.weight", ACTL_F32, 2, s2), *b = mk("b.weight", ACTL_BF16, 1, s1),
                 *c = mk("c.weight", ACTL_F16, 1, s1);
     actl_tensor *x = extra ? mk(extra, ACTL_U8, 1, s1) : NULL;
-    char *p1 = join(dir, SHARD1), *p2 = join(dir, SHARD2);
+    char *p1 = test_join(dir, SHARD1), *p2 = test_join(dir, SHARD2);
     const actl_tensor *one[] = {c, a}, *two[] = {b, x};
     assert_ok(actl_st_write(p1, one, 2, NULL));
     assert_ok(actl_st_write(p2, two, x ? 2 : 1, NULL));
     if (index) {
-        char *pi = join(dir, "model.safetensors.index.json");
-        write_text(pi, index);
+        char *pi = test_join(dir, "model.safetensors.index.json");
+        test_write_text(pi, index);
         free(pi);
     }
     actl_tensor_free(a);
@@ -710,7 +676,7 @@ static void test_ckpt__opens_sharded_checkpoint_by_dir_and_by_index(void **state
 {
     (void)state;
     char *dir = make_sharded(good_index, NULL);
-    char *index = join(dir, "model.safetensors.index.json");
+    char *index = test_join(dir, "model.safetensors.index.json");
     const char *paths[] = {dir, index};
     for (int k = 0; k < 2; k++) {
         actl_ckpt *ck;
@@ -816,24 +782,24 @@ static void test_ckpt__rejects_missing_shard_and_bad_index(void **state)
 {
     (void)state;
     char *dir = make_sharded(good_index, NULL);
-    char *p2 = join(dir, SHARD2), *pi = join(dir, "model.safetensors.index.json");
+    char *p2 = test_join(dir, SHARD2), *pi = test_join(dir, "model.safetensors.index.json");
     assert_int_equal(unlink(p2), 0);
     actl_ckpt *ck;
     assert_err(actl_ckpt_open(dir, &ck), ACTL_ENOTFOUND, "shard '" SHARD2 "': cannot open");
 
-    write_text(pi, "{\"weight_map\": [\"a.weight\"]}");
+    test_write_text(pi, "{\"weight_map\": [\"a.weight\"]}");
     assert_err(actl_ckpt_open(dir, &ck), ACTL_EFORMAT, "no \"weight_map\" object");
-    write_text(pi, "{\"weight_map\": {\"a.weight\": 1}}");
+    test_write_text(pi, "{\"weight_map\": {\"a.weight\": 1}}");
     assert_err(actl_ckpt_open(dir, &ck), ACTL_EFORMAT, "weight_map entry 'a.weight' is not a string");
-    write_text(pi, "{\"weight_map\": {\"a.weight\": \"x\", \"a.weight\": \"y\"}}");
+    test_write_text(pi, "{\"weight_map\": {\"a.weight\": \"x\", \"a.weight\": \"y\"}}");
     assert_err(actl_ckpt_open(dir, &ck), ACTL_EFORMAT, "duplicate object key");
-    write_text(pi, "{\"weight_map\": {}}");
+    test_write_text(pi, "{\"weight_map\": {}}");
     assert_err(actl_ckpt_open(dir, &ck), ACTL_EFORMAT, "\"weight_map\" is empty");
     /* A broken shard is reported as the reader reports it, under the index. */
-    write_text(pi, "{\"weight_map\": {\"a\": \"trailing_bytes.safetensors\"}}");
-    char *copy = join(dir, "trailing_bytes.safetensors");
+    test_write_text(pi, "{\"weight_map\": {\"a\": \"trailing_bytes.safetensors\"}}");
+    char *copy = test_join(dir, "trailing_bytes.safetensors");
     size_t len;
-    unsigned char *bytes = slurp(BROKEN "trailing_bytes.safetensors", &len);
+    unsigned char *bytes = test_slurp(BROKEN "trailing_bytes.safetensors", &len);
     FILE *f = fopen(copy, "wb");
     assert_non_null(f);
     assert_int_equal(fwrite(bytes, 1, len, f), len);
@@ -852,7 +818,7 @@ static void test_ckpt__opens_single_file_by_dir_and_by_path(void **state)
 {
     (void)state;
     char *dir = test_tmpdir();
-    char *single = join(dir, "model.safetensors"), *other = join(dir, "weights.safetensors");
+    char *single = test_join(dir, "model.safetensors"), *other = test_join(dir, "weights.safetensors");
     static const int64_t s[] = {3};
     actl_tensor *t[2] = {mk("z.weight", ACTL_F32, 1, s), mk("y.weight", ACTL_F32, 1, s)};
     assert_ok(actl_st_write(single, (const actl_tensor *const *)t, 2, NULL));
@@ -874,7 +840,7 @@ static void test_ckpt__opens_single_file_by_dir_and_by_path(void **state)
     assert_int_equal(actl_ckpt_count(ck), 1);
     assert_string_equal(actl_ckpt_shard_of(ck, 0), "weights.safetensors");
     actl_ckpt_close(ck);
-    char *missing = join(dir, "nope.safetensors");
+    char *missing = test_join(dir, "nope.safetensors");
     assert_err(actl_ckpt_open(missing, &ck), ACTL_ENOTFOUND, "nope.safetensors");
     free(missing);
     actl_tensor_free(t[0]);
@@ -889,7 +855,7 @@ static void test_ckpt__opens_single_file_by_dir_and_by_path(void **state)
 static void test_safetensors__refuses_a_fifo_without_blocking(void **state)
 {
     (void)state;
-    char *dir = test_tmpdir(), *path = join(dir, "model.safetensors");
+    char *dir = test_tmpdir(), *path = test_join(dir, "model.safetensors");
     assert_int_equal(mkfifo(path, 0600), 0);
     actl_st *st = NULL;
     assert_err(actl_st_open(path, &st), ACTL_EFORMAT, "is not a regular file");
@@ -906,7 +872,7 @@ static void test_safetensors__refuses_a_fifo_without_blocking(void **state)
 static void test_safetensors__written_file_mode_follows_the_umask(void **state)
 {
     (void)state;
-    char *dir = test_tmpdir(), *path = join(dir, "m.safetensors");
+    char *dir = test_tmpdir(), *path = test_join(dir, "m.safetensors");
     mode_t masks[2] = {022, 077}, want[2] = {0644, 0600};
     for (int i = 0; i < 2; i++) {
         mode_t old = umask(masks[i]);

@@ -18,49 +18,12 @@
 
 #define ADAPTERS FIXTURES "/adapters"
 
-static const char *const fixture_names[] = {
-    "lora",     "lora-patterns", "lora-fanin", "lora-dora",        "lora-embedding",
-    "lora-bias", "lora-bf16",    "lora-f16",   "road-1",           "road-2",
-    "road-4",   "bottleneck-series", "bottleneck-parallel", "mos",
-};
+static const char *const fixture_names[] = TEST_FIXTURE_NAMES;
 #define N_FIXTURES (sizeof fixture_names / sizeof fixture_names[0])
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-typedef struct fx {
-    char *dir;      /* temporary directory holding the store (and exports) */
-    char *store;    /* dir/store */
-    actl_store *s;
-} fx;
-
-static fx fx_new(void)
-{
-    fx f;
-    f.dir = test_tmpdir();
-    f.store = actl__path_join(f.dir, "store");
-    f.s = NULL;
-    assert_ok(actl_store_open(f.store, ACTL_STORE_CREATE, &f.s));
-    return f;
-}
-
-static void fx_free(fx *f)
-{
-    actl_store_close(f->s);
-    test_rmtree(f->dir);
-    free(f->store);
-    free(f->dir);
-}
-
-static actl_adapter *load_fixture(const char *base, const char *name)
-{
-    char path[512];
-    actl_adapter *a = NULL;
-    snprintf(path, sizeof path, ADAPTERS "/%s/%s", base, name);
-    int rc = actl_adapter_load(path, &a);
-    if (rc != ACTL_OK)
-        fail_msg("loading %s: %s: %s", path, actl_strerror(rc), actl_errmsg());
-    return a;
-}
+typedef test_fx fx;
 
 /* A small LoRA adapter whose values depend on seed (distinct seeds, distinct packs). */
 static actl_adapter *tiny_lora(unsigned seed, int rank)
@@ -109,32 +72,6 @@ static int64_t add_plain(actl_store *s, const actl_adapter *a, const char *name)
     return add_tagged(s, a, name, NULL);
 }
 
-/* Regular files under dir, recursively. */
-static size_t count_files(const char *dir)
-{
-    size_t n = 0;
-    DIR *d = opendir(dir);
-    if (!d)
-        return 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char *p = actl__path_join(dir, e->d_name);
-        struct stat sb;
-        if (lstat(p, &sb) == 0) {
-            if (S_ISDIR(sb.st_mode))
-                n += count_files(p);
-            else
-                n++;
-        }
-        free(p);
-    }
-    closedir(d);
-    return n;
-}
-
-static void assert_same_tensors(const actl_adapter *x, const actl_adapter *y);
 
 static char *objects_of(const fx *f) { return actl__path_join(f->store, "objects"); }
 
@@ -322,7 +259,7 @@ static void test_open__a_file_in_the_way_is_EIO(void **state)
 static void test_open__refuses_a_newer_schema(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_store_close(f.s);
     f.s = NULL;
     sql_exec(&f, "PRAGMA user_version = 99");
@@ -334,7 +271,7 @@ static void test_open__refuses_a_newer_schema(void **state)
     assert_err(actl_store_open(f.store, ACTL_STORE_CREATE, &f.s), ACTL_EUNSUPPORTED, want);
     /* And it was left as it was. */
     assert_int_equal(sql_int(&f, "PRAGMA user_version"), 99);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* Refused before any change: not switched to WAL, no directory made, no
@@ -354,7 +291,7 @@ static void test_open__a_newer_schema_is_refused_before_any_change(void **state)
     char *before = NULL, *after = NULL;
     size_t n_before = 0, n_after = 0;
     assert_ok(actl__read_file(db_path, 1 << 20, &before, &n_before));
-    assert_int_equal(count_files(dir), 1);
+    assert_int_equal(test_count_files(dir), 1);
     actl_store *s = NULL;
     assert_err(actl_store_open(dir, ACTL_STORE_CREATE, &s), ACTL_EUNSUPPORTED,
                "schema version 99, newer than this adapterctl");
@@ -363,7 +300,7 @@ static void test_open__a_newer_schema_is_refused_before_any_change(void **state)
     assert_ok(actl__read_file(db_path, 1 << 20, &after, &n_after));
     assert_int_equal(n_after, n_before);
     assert_memory_equal(after, before, n_before);
-    assert_int_equal(count_files(dir), 1); /* no -wal, -shm, gc.lock */
+    assert_int_equal(test_count_files(dir), 1); /* no -wal, -shm, gc.lock */
     char *obj = actl__path_join(dir, "objects");
     assert_false(actl__exists(obj));
     free(obj);
@@ -378,7 +315,7 @@ static void test_open__a_newer_schema_is_refused_before_any_change(void **state)
 static void test_open__connections_are_defensive_and_distrust_the_schema(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     int on = -1;
     assert_int_equal(sqlite3_db_config(f.s->db, SQLITE_DBCONFIG_DEFENSIVE, -1, &on), SQLITE_OK);
     assert_int_equal(on, 1);
@@ -391,7 +328,7 @@ static void test_open__connections_are_defensive_and_distrust_the_schema(void **
                                            "SET sql = 'x' WHERE name = 'tags'",
                                   NULL, NULL, NULL) == SQLITE_OK,
                      0);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_open__not_a_database_is_EFORMAT(void **state)
@@ -414,7 +351,7 @@ static void test_open__not_a_database_is_EFORMAT(void **state)
 static void test_migrate__applies_pending_migrations_once_in_order(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     size_t n = actl__migration_count;
     actl__migration list[16];
     assert_true(n + 2 <= 16);
@@ -431,13 +368,13 @@ static void test_migrate__applies_pending_migrations_once_in_order(void **state)
     /* The embedded list is now older than the catalogue. */
     assert_err(actl__store_migrate(f.s, actl__migrations, n), ACTL_EUNSUPPORTED,
                "newer than this adapterctl");
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_migrate__a_failing_migration_changes_nothing(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     size_t n = actl__migration_count;
     actl__migration list[16];
     memcpy(list, actl__migrations, n * sizeof list[0]);
@@ -448,16 +385,16 @@ static void test_migrate__a_failing_migration_changes_nothing(void **state)
     assert_int_equal(sql_int(&f, "SELECT count(*) FROM sqlite_master WHERE name IN "
                                  "('good', 'worse')"),
                      0);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_migrate__refuses_a_gap_in_the_numbers(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl__migration list[2] = {{1, "one", "SELECT 1;"}, {3, "three", "SELECT 1;"}};
     assert_err(actl__store_migrate(f.s, list, 2), ACTL_EFORMAT, "'three' is number 3");
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_migrate__embedded_list_matches_schema_dir(void **state)
@@ -684,7 +621,7 @@ static void test_ref_parse__rejects_bad_refs(void **state)
 static void test_tags__rejects_bad_tags(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char key65[80], val1025[1100];
     snprintf(key65, sizeof key65, "%.*s=v", 65,
              "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk");
@@ -745,7 +682,7 @@ static void test_tags__rejects_bad_tags(void **state)
     assert_string_equal(e->tag_values[1], "fran\xc3\xa7" "ais");
     actl_entries_free(l);
     actl_adapter_free(a);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* ---- add and show ----------------------------------------------------------------- */
@@ -753,9 +690,9 @@ static void test_tags__rejects_bad_tags(void **state)
 static void test_add__records_the_facts_of_every_fixture(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     for (size_t i = 0; i < N_FIXTURES; i++) {
-        actl_adapter *a = load_fixture("base-tiny", fixture_names[i]);
+        actl_adapter *a = test_load_fixture("base-tiny", fixture_names[i]);
         actl_adapter_info info;
         actl_adapter_info_get(a, &info);
         actl_add_opts o = actl_add_default_opts();
@@ -818,20 +755,20 @@ static void test_add__records_the_facts_of_every_fixture(void **state)
     /* The tensor index: one row per tensor of every pack. */
     size_t tensors = 0;
     for (size_t i = 0; i < N_FIXTURES; i++) {
-        actl_adapter *a = load_fixture("base-tiny", fixture_names[i]);
+        actl_adapter *a = test_load_fixture("base-tiny", fixture_names[i]);
         tensors += actl_adapter_tensor_count(a);
         actl_adapter_free(a);
     }
     assert_int_equal(sql_int(&f, "SELECT count(*) FROM pack_tensors"), (int64_t)tensors);
     assert_verify_clean(f.s);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_add__tensor_index_rows_match_the_tensors(void **state)
 {
     (void)state;
-    fx f = fx_new();
-    actl_adapter *a = load_fixture("base-tiny", "lora-bf16");
+    fx f = test_fx_new();
+    actl_adapter *a = test_load_fixture("base-tiny", "lora-bf16");
     add_plain(f.s, a, "x");
     char *path = actl__path_join(f.store, "catalog.db");
     sqlite3 *db = NULL;
@@ -864,7 +801,7 @@ static void test_add__tensor_index_rows_match_the_tensors(void **state)
     sqlite3_close(db);
     free(path);
     actl_adapter_free(a);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_add__refuses_c1_controls_in_free_text(void **state)
@@ -881,7 +818,7 @@ static void test_add__refuses_c1_controls_in_free_text(void **state)
 static void test_add__automatic_versions_are_never_reused_after_rm(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(3, 4), *b = tiny_lora(4, 4);
     assert_int_equal(add_plain(f.s, a, "a"), 1);
     assert_int_equal(add_plain(f.s, b, "a"), 2);
@@ -905,7 +842,7 @@ static void test_add__automatic_versions_are_never_reused_after_rm(void **state)
     assert_verify_clean(f.s);
     actl_adapter_free(a);
     actl_adapter_free(b);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* A catalogue from before the names table: the migration takes each name's
@@ -950,7 +887,7 @@ static void test_migrate__names_start_from_the_versions_present(void **state)
 static void test_add__versions_count_up_unless_given(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(1, 4), *b = tiny_lora(2, 4);
     assert_int_equal(add_plain(f.s, a, "m"), 1);
     assert_int_equal(add_plain(f.s, b, "m"), 2);
@@ -974,15 +911,15 @@ static void test_add__versions_count_up_unless_given(void **state)
     assert_int_equal(sql_int(&f, "SELECT count(*) FROM adapters"), 7);
     actl_adapter_free(a);
     actl_adapter_free(b);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_add__identical_adds_share_one_pack(void **state)
 {
     (void)state;
-    fx f = fx_new();
-    actl_adapter *a = load_fixture("base-tiny", "road-2");
-    actl_adapter *again = load_fixture("base-tiny", "road-2"); /* a second load, same bytes */
+    fx f = test_fx_new();
+    actl_adapter *a = test_load_fixture("base-tiny", "road-2");
+    actl_adapter *again = test_load_fixture("base-tiny", "road-2"); /* a second load, same bytes */
     actl_entries *l1 = NULL, *l2 = NULL;
     actl_add_opts o = actl_add_default_opts();
     o.name = "one";
@@ -991,7 +928,7 @@ static void test_add__identical_adds_share_one_pack(void **state)
     assert_ok(actl_store_add(f.s, again, &o, &l2));
     assert_string_equal(actl_entries_get(l1, 0)->pack, actl_entries_get(l2, 0)->pack);
     char *obj = objects_of(&f);
-    assert_int_equal(count_files(obj), 1);
+    assert_int_equal(test_count_files(obj), 1);
     assert_int_equal(sql_int(&f, "SELECT count(*) FROM packs"), 1);
     assert_int_equal(sql_int(&f, "SELECT count(*) FROM pack_tensors"),
                      (int64_t)actl_adapter_tensor_count(a));
@@ -1001,13 +938,13 @@ static void test_add__identical_adds_share_one_pack(void **state)
     actl_adapter_free(a);
     actl_adapter_free(again);
     assert_verify_clean(f.s);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_add__refuses_bad_options_before_writing(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(3, 4);
     actl_add_opts o = actl_add_default_opts();
     assert_err(actl_store_add(f.s, a, &o, NULL), ACTL_EINVAL, "adapter name is missing");
@@ -1026,17 +963,17 @@ static void test_add__refuses_bad_options_before_writing(void **state)
     assert_err(actl_store_add(f.s, a, &o, NULL), ACTL_EINVAL, "source");
     assert_err(actl_store_add(f.s, NULL, &o, NULL), ACTL_EINVAL, "NULL argument");
     char *obj = objects_of(&f);
-    assert_int_equal(count_files(obj), 0);
+    assert_int_equal(test_count_files(obj), 0);
     free(obj);
     assert_int_equal(sql_int(&f, "SELECT count(*) FROM adapters"), 0);
     actl_adapter_free(a);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_add__base_model_from_config_unless_given(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(4, 4);
     actl_add_opts o = actl_add_default_opts();
     actl_entries *l = NULL;
@@ -1050,13 +987,13 @@ static void test_add__base_model_from_config_unless_given(void **state)
     assert_string_equal(actl_entries_get(l, 0)->base_model, "meta-llama/Llama-2-7b-hf");
     actl_entries_free(l);
     actl_adapter_free(a);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_show__newest_exact_and_missing(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(5, 2), *b = tiny_lora(6, 4);
     add_plain(f.s, a, "m");
     add_plain(f.s, b, "m");
@@ -1081,7 +1018,7 @@ static void test_show__newest_exact_and_missing(void **state)
     actl_entries_free(NULL);
     actl_adapter_free(a);
     actl_adapter_free(b);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* ---- list --------------------------------------------------------------------------- */
@@ -1110,11 +1047,11 @@ static void list_str(actl_store *s, const actl_query *q, char *out, size_t cap)
 static void test_list__every_filter_limit_and_offset(void **state)
 {
     (void)state;
-    fx f = fx_new();
-    actl_adapter *lora = load_fixture("base-tiny", "lora");
-    actl_adapter *road = load_fixture("base-tiny", "road-1");
-    actl_adapter *bn = load_fixture("base-tiny", "bottleneck-series");
-    actl_adapter *mos = load_fixture("base-tiny", "mos");
+    fx f = test_fx_new();
+    actl_adapter *lora = test_load_fixture("base-tiny", "lora");
+    actl_adapter *road = test_load_fixture("base-tiny", "road-1");
+    actl_adapter *bn = test_load_fixture("base-tiny", "bottleneck-series");
+    actl_adapter *mos = test_load_fixture("base-tiny", "mos");
     actl_adapter *t1 = tiny_lora(7, 4);
     const char *math_alice[] = {"task=math", "user=alice", NULL};
     const char *math_bob[] = {"task=math", "user=bob", NULL};
@@ -1212,7 +1149,7 @@ static void test_list__every_filter_limit_and_offset(void **state)
     actl_adapter_free(bn);
     actl_adapter_free(mos);
     actl_adapter_free(t1);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* What the test added, to filter by brute force. */
@@ -1256,11 +1193,11 @@ static int rec_cmp(const void *x, const void *y)
 static void test_list__matches_brute_force_on_every_plan(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     enum { N = 240 };
     static rec recs[N];
     actl_adapter *lora[3] = {tiny_lora(21, 4), tiny_lora(22, 4), tiny_lora(23, 2)};
-    actl_adapter *road = load_fixture("base-tiny", "road-1");
+    actl_adapter *road = test_load_fixture("base-tiny", "road-1");
     for (size_t i = 0; i < N; i++) {
         rec *r = &recs[i];
         snprintf(r->name, sizeof r->name, "n%03zu", (i * 37) % 97); /* names repeat: versions */
@@ -1340,13 +1277,13 @@ static void test_list__matches_brute_force_on_every_plan(void **state)
     for (size_t i = 0; i < 3; i++)
         actl_adapter_free(lora[i]);
     actl_adapter_free(road);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_list__refuses_bad_queries(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_entries *l = NULL;
     actl_query q = actl_query_default();
     q.kind = 99;
@@ -1365,7 +1302,7 @@ static void test_list__refuses_bad_queries(void **state)
     assert_ok(actl_store_list(f.s, &q, &l)); /* an empty store lists nothing */
     assert_int_equal(actl_entries_count(l), 0);
     actl_entries_free(l);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* ---- tag, rm ---------------------------------------------------------------------------- */
@@ -1373,7 +1310,7 @@ static void test_list__refuses_bad_queries(void **state)
 static void test_tag__sets_replaces_and_unsets_in_one_call(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(8, 4);
     const char *init[] = {"task=math", "user=alice", "lang=en", NULL};
     add_tagged(f.s, a, "m", init);
@@ -1402,13 +1339,13 @@ static void test_tag__sets_replaces_and_unsets_in_one_call(void **state)
     assert_err(actl_store_tag(f.s, "m@9", t, NULL), ACTL_ENOTFOUND, "no adapter 'm@9'");
     assert_err(actl_store_tag(f.s, "nope", t, NULL), ACTL_ENOTFOUND, "no adapter 'nope'");
     actl_adapter_free(a);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_rm__removes_rows_and_tags_and_gc_the_pack(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(9, 4), *b = tiny_lora(10, 4);
     const char *tags[] = {"task=x", NULL};
     add_tagged(f.s, a, "m", tags);
@@ -1448,7 +1385,7 @@ static void test_rm__removes_rows_and_tags_and_gc_the_pack(void **state)
     assert_int_equal(sql_int(&f, "SELECT count(*) FROM pack_tensors"), 0);
     assert_int_equal(sql_int(&f, "SELECT count(*) FROM tags"), 0);
     char *obj = objects_of(&f);
-    assert_int_equal(count_files(obj), 0);
+    assert_int_equal(test_count_files(obj), 0);
     free(obj);
     assert_err(actl_store_rm(f.s, "m"), ACTL_ENOTFOUND, "no adapter 'm'");
     assert_err(actl_store_rm(f.s, "m@x"), ACTL_EINVAL, "positive integer");
@@ -1457,23 +1394,15 @@ static void test_rm__removes_rows_and_tags_and_gc_the_pack(void **state)
     free(own);
     actl_adapter_free(a);
     actl_adapter_free(b);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* ---- gc ---------------------------------------------------------------------------------- */
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 static void test_gc__removes_orphan_files_and_temporaries_only(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(11, 4);
     add_plain(f.s, a, "keep");
     actl_entries *l = NULL;
@@ -1488,19 +1417,19 @@ static void test_gc__removes_orphan_files_and_temporaries_only(void **state)
     snprintf(p, sizeof p, "%s/ab", obj);
     mkdir(p, 0755);
     snprintf(p, sizeof p, "%s/ab/%s", obj, orphan);
-    write_file(p, "0123456789"); /* 10 bytes */
+    test_write_text(p, "0123456789"); /* 10 bytes */
     /* Temporaries. */
     snprintf(p, sizeof p, "%s/tmp/pack.AbC123", obj);
-    write_file(p, "partial");
+    test_write_text(p, "partial");
     snprintf(p, sizeof p, "%s/tmp/pack.zzz", obj);
-    write_file(p, "partial");
+    test_write_text(p, "partial");
     /* Not ours: left alone. */
     snprintf(p, sizeof p, "%s/README", obj);
-    write_file(p, "hello");
+    test_write_text(p, "hello");
     snprintf(p, sizeof p, "%s/cd", obj);
     mkdir(p, 0755);
     snprintf(p, sizeof p, "%s/cd/notes.txt", obj);
-    write_file(p, "mine");
+    test_write_text(p, "mine");
 
     actl_gc_result r;
     assert_ok(actl_store_gc(f.s, &r));
@@ -1511,7 +1440,7 @@ static void test_gc__removes_orphan_files_and_temporaries_only(void **state)
     assert_false(actl__exists(p)); /* emptied fanout directories go too */
     snprintf(p, sizeof p, "%s/tmp", obj);
     assert_true(actl__is_dir(p));
-    assert_int_equal(count_files(p), 0);
+    assert_int_equal(test_count_files(p), 0);
     snprintf(p, sizeof p, "%s/README", obj);
     assert_true(actl__exists(p));
     snprintf(p, sizeof p, "%s/cd/notes.txt", obj);
@@ -1524,7 +1453,7 @@ static void test_gc__removes_orphan_files_and_temporaries_only(void **state)
     free(obj);
     free(kept);
     actl_adapter_free(a);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* Children never call cmocka (a failed assertion would longjmp into the
@@ -1579,7 +1508,7 @@ static void pause_in_child(const char *point)
 static void test_gc__waits_for_an_add_in_progress_and_keeps_its_pack(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(12, 4);
     char *obj = objects_of(&f);
     int to_child[2], to_parent[2];
@@ -1606,7 +1535,7 @@ static void test_gc__waits_for_an_add_in_progress_and_keeps_its_pack(void **stat
     close(to_parent[1]);
     char c = 0;
     bool paused = read(to_parent[0], &c, 1) == 1 && c == 'w';
-    size_t files_before = count_files(obj); /* the pack, with no row yet */
+    size_t files_before = test_count_files(obj); /* the pack, with no row yet */
     int64_t rows_before = sql_int(&f, "SELECT count(*) FROM adapters");
     pid_t gc = paused ? fork() : -1;
     if (gc == 0) {
@@ -1639,14 +1568,14 @@ static void test_gc__waits_for_an_add_in_progress_and_keeps_its_pack(void **stat
     assert_true(blocked);           /* gc waited for the add's lock */
     assert_int_equal(adder_status, 0);
     assert_int_equal(gc_status, 0); /* and removed nothing */
-    assert_int_equal(count_files(obj), 1);
+    assert_int_equal(test_count_files(obj), 1);
     actl_adapter *back = NULL;
     assert_ok(actl_store_load(f.s, "late", &back));
     actl_adapter_free(back);
     assert_verify_clean(f.s);
     free(obj);
     actl_adapter_free(a);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* verify holds the gc lock for its whole run: an rm committed after its
@@ -1676,7 +1605,7 @@ static void pause_verify_rm_gc(const char *point)
 static void test_verify__an_rm_and_gc_meanwhile_report_nothing(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(50, 4), *b = tiny_lora(51, 4);
     add_plain(f.s, a, "gone");
     add_plain(f.s, b, "kept");
@@ -1716,7 +1645,7 @@ static void test_verify__an_rm_and_gc_meanwhile_report_nothing(void **state)
     assert_verify_clean(f.s);
     actl_adapter_free(a);
     actl_adapter_free(b);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* A load whose row is removed and whose pack is collected between its lookup
@@ -1733,7 +1662,7 @@ static void pause_load_rm_gc(const char *point)
 static void test_load__a_removal_meanwhile_is_reported_as_such(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(52, 4), *b = tiny_lora(53, 4), *back = NULL;
     add_plain(f.s, a, "x");
     add_plain(f.s, b, "y");
@@ -1760,14 +1689,14 @@ static void test_load__a_removal_meanwhile_is_reported_as_such(void **state)
     free(path);
     actl_adapter_free(a);
     actl_adapter_free(b);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* flock dies with its process: an add killed while holding the lock blocks no gc. */
 static void test_gc__a_killed_add_releases_the_lock(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char *lock = actl__path_join(f.store, "gc.lock");
     int p[2];
     assert_int_equal(pipe(p), 0);
@@ -1792,7 +1721,7 @@ static void test_gc__a_killed_add_releases_the_lock(void **state)
     actl_gc_result r;
     assert_ok(actl_store_gc(f.s, &r));
     free(lock);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* ---- pull's entry points: add_pack, has_pack, partial downloads ---------------------- */
@@ -1813,8 +1742,8 @@ static actl_adapter *pack_outside(const fx *f, const actl_adapter *a, char **pat
 static void test_add_pack__moves_the_file_in_and_records_the_rows(void **state)
 {
     (void)state;
-    fx f = fx_new();
-    actl_adapter *a = load_fixture("base-tiny", "road-2");
+    fx f = test_fx_new();
+    actl_adapter *a = test_load_fixture("base-tiny", "road-2");
     char hex[65], *src = NULL;
     actl_adapter *b = pack_outside(&f, a, &src, hex);
     off_t size = file_size(src);
@@ -1866,7 +1795,7 @@ static void test_add_pack__moves_the_file_in_and_records_the_rows(void **state)
     free(src);
     actl_adapter_free(b);
     actl_adapter_free(a);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* The same bytes already in objects/: the download is dropped and the file in
@@ -1874,7 +1803,7 @@ static void test_add_pack__moves_the_file_in_and_records_the_rows(void **state)
 static void test_add_pack__shares_an_intact_pack_and_replaces_a_damaged_one(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(40, 4);
     add_plain(f.s, a, "local");
     char hex[65], *src = NULL;
@@ -1889,7 +1818,7 @@ static void test_add_pack__shares_an_intact_pack_and_replaces_a_damaged_one(void
     assert_int_equal(stat(in, &st2), 0);
     assert_int_equal(st1.st_ino, st2.st_ino); /* kept, not rewritten */
     char *obj = objects_of(&f);
-    assert_int_equal(count_files(obj), 1);
+    assert_int_equal(test_count_files(obj), 1);
     assert_int_equal(sql_int(&f, "SELECT count(*) FROM packs"), 1);
 
     /* flip a byte of the pack in place, then pull it again */
@@ -1916,7 +1845,7 @@ static void test_add_pack__shares_an_intact_pack_and_replaces_a_damaged_one(void
     free(src);
     actl_adapter_free(b);
     actl_adapter_free(a);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* pack_path NULL: objects/ must hold the pack (hashed), else ENOTFOUND; a bad
@@ -1924,7 +1853,7 @@ static void test_add_pack__shares_an_intact_pack_and_replaces_a_damaged_one(void
 static void test_add_pack__without_a_file_uses_the_pack_in_place(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(41, 4), *c = tiny_lora(42, 4);
     add_plain(f.s, a, "local");
     actl_entries *l = NULL;
@@ -1958,13 +1887,13 @@ static void test_add_pack__without_a_file_uses_the_pack_in_place(void **state)
     free(dir);
     actl_adapter_free(a);
     actl_adapter_free(c);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_has_pack__needs_both_the_row_and_the_file(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_adapter *a = tiny_lora(43, 4);
     add_plain(f.s, a, "x");
     actl_entries *l = NULL;
@@ -1993,23 +1922,23 @@ static void test_has_pack__needs_both_the_row_and_the_file(void **state)
     free(saved);
     free(p);
     actl_adapter_free(a);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* gc removes the partial downloads no pull holds (LOCK_SH), and only regular files. */
 static void test_gc__removes_abandoned_partial_downloads_only(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     char *dir = actl__path_join(f.store, ACTL_PARTIAL_DIR);
     assert_int_equal(mkdir(dir, 0755), 0);
     char p[4400];
     snprintf(p, sizeof p, "%s/abandoned", dir);
-    write_file(p, "half a pack");
+    test_write_text(p, "half a pack");
     snprintf(p, sizeof p, "%s/another", dir);
-    write_file(p, "");
+    test_write_text(p, "");
     snprintf(p, sizeof p, "%s/busy", dir);
-    write_file(p, "being written");
+    test_write_text(p, "being written");
     /* a pull's lock: another open file description, as another process has */
     int held = open(p, O_RDWR);
     assert_true(held >= 0);
@@ -2018,7 +1947,7 @@ static void test_gc__removes_abandoned_partial_downloads_only(void **state)
     assert_int_equal(mkdir(p, 0755), 0);
     snprintf(p, sizeof p, "%s/link", dir);
     char *target = actl__path_join(f.dir, "target");
-    write_file(target, "not ours");
+    test_write_text(target, "not ours");
     assert_int_equal(symlink(target, p), 0);
     snprintf(p, sizeof p, "%s/fifo", dir);
     assert_int_equal(mkfifo(p, 0644), 0);
@@ -2054,7 +1983,7 @@ static void test_gc__removes_abandoned_partial_downloads_only(void **state)
     assert_int_equal(r.temp_removed, 0);
     free(target);
     free(dir);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* ---- verify ---------------------------------------------------------------------------- */
@@ -2062,10 +1991,10 @@ static void test_gc__removes_abandoned_partial_downloads_only(void **state)
 /* A store with one fixture per kind; returns the digest of "victim"'s pack. */
 static fx verify_store(char victim_pack[65])
 {
-    fx f = fx_new();
+    fx f = test_fx_new();
     static const char *const which[] = {"lora", "road-4", "bottleneck-parallel", "mos"};
     for (size_t i = 0; i < 4; i++) {
-        actl_adapter *a = load_fixture("base-tiny", which[i]);
+        actl_adapter *a = test_load_fixture("base-tiny", which[i]);
         add_plain(f.s, a, i == 1 ? "victim" : which[i]);
         actl_adapter_free(a);
     }
@@ -2085,7 +2014,7 @@ static void test_verify__a_good_store_is_clean(void **state)
     size_t n = 9;
     assert_ok(actl_store_verify(f.s, NULL, NULL, &n)); /* no callback: just the count */
     assert_int_equal(n, 0);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_verify__reports_a_flipped_byte(void **state)
@@ -2121,7 +2050,7 @@ static void test_verify__reports_a_flipped_byte(void **state)
     assert_false(actl__exists(out));
     free(out);
     free(path);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_verify__reports_a_deleted_pack(void **state)
@@ -2140,7 +2069,7 @@ static void test_verify__reports_a_deleted_pack(void **state)
     assert_true(any_problem_has(&p, hex, "is missing"));
     assert_true(any_problem_has(&p, "'victim@1'", NULL));
     free(path);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* Each fact column of a row is checked against the adapter its pack holds,
@@ -2179,7 +2108,7 @@ static void test_verify__reports_each_column_that_differs_from_the_pack(void **s
         }
         assert_int_equal(n, 1);
         assert_true(any_problem_has(&p, cases[i].want, NULL));
-        fx_free(&f);
+        test_fx_free(&f);
     }
 }
 
@@ -2207,7 +2136,7 @@ static void test_verify__checks_kind_and_json_of_rows_of_a_damaged_pack(void **s
     assert_true(any_problem_has(&p, hex, "SHA-256"));
     free(data);
     free(path);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* A pack damaged in objects/ is not shared by the next add of the same
@@ -2228,7 +2157,7 @@ static void test_add__repairs_a_damaged_pack_it_would_share(void **state)
     char out[4400];
     snprintf(out, sizeof out, "%s/out-damaged", f.dir);
     assert_err(actl_store_export(f.s, "victim", out), ACTL_ECORRUPT, "cannot load 'victim@1'");
-    actl_adapter *a = load_fixture("base-tiny", "road-4");
+    actl_adapter *a = test_load_fixture("base-tiny", "road-4");
     assert_int_equal(add_plain(f.s, a, "again"), 1);
     char sha[65];
     file_sha256(path, sha);
@@ -2237,13 +2166,13 @@ static void test_add__repairs_a_damaged_pack_it_would_share(void **state)
     assert_ok(actl_store_export(f.s, "victim", out));
     actl_adapter *back = NULL;
     assert_ok(actl_adapter_load(out, &back));
-    assert_same_tensors(a, back);
+    test_assert_same_tensors(a, back);
     assert_verify_clean(f.s);
     actl_adapter_free(back);
     actl_adapter_free(a);
     free(data);
     free(path);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_verify__reports_a_row_whose_sizes_lie(void **state)
@@ -2270,7 +2199,7 @@ static void test_verify__reports_a_row_whose_sizes_lie(void **state)
     assert_true(any_problem_has(&p, "the catalogue says", hex));
     assert_true(any_problem_has(&p, "'victim@1': stored size", NULL));
     assert_true(any_problem_has(&p, "'victim@1': raw size", NULL));
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_verify__reports_tensor_index_rows_that_differ(void **state)
@@ -2297,7 +2226,7 @@ static void test_verify__reports_tensor_index_rows_that_differ(void **state)
     assert_int_equal(n, 2);
     assert_true(any_problem_has(&p, "[1,2]", "in the tensor index"));
     assert_true(any_problem_has(&p, "is missing from the tensor index", hex));
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 static void test_verify__reports_dangling_foreign_keys(void **state)
@@ -2313,43 +2242,28 @@ static void test_verify__reports_dangling_foreign_keys(void **state)
     dump_problems(&p);
     assert_int_equal(n, 1);
     assert_true(any_problem_has(&p, "table 'tags'", "missing 'adapters' row"));
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* ---- export and load ----------------------------------------------------------------------- */
 
-static void assert_same_tensors(const actl_adapter *x, const actl_adapter *y)
-{
-    assert_int_equal(actl_adapter_tensor_count(x), actl_adapter_tensor_count(y));
-    for (size_t i = 0; i < actl_adapter_tensor_count(x); i++) {
-        const actl_tensor *a = actl_adapter_tensor(x, i), *b = actl_adapter_tensor(y, i);
-        assert_string_equal(actl_tensor_name(a), actl_tensor_name(b));
-        assert_int_equal(actl_tensor_dtype(a), actl_tensor_dtype(b));
-        assert_int_equal(actl_tensor_ndim(a), actl_tensor_ndim(b));
-        assert_memory_equal(actl_tensor_shape(a), actl_tensor_shape(b),
-                            (size_t)actl_tensor_ndim(a) * sizeof(int64_t));
-        assert_int_equal(actl_tensor_nbytes(a), actl_tensor_nbytes(b));
-        assert_memory_equal(actl_tensor_data(a), actl_tensor_data(b), actl_tensor_nbytes(a));
-    }
-}
-
 static void test_export__identical_tensors_for_every_fixture(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     static const char *const bases[] = {"base-tiny", "hf-tiny"};
     size_t done = 0;
     for (size_t b = 0; b < 2; b++)
         for (size_t i = 0; i < N_FIXTURES; i++) {
             char name[128], out[4400];
             snprintf(name, sizeof name, "%s.%s", bases[b], fixture_names[i]);
-            actl_adapter *orig = load_fixture(bases[b], fixture_names[i]);
+            actl_adapter *orig = test_load_fixture(bases[b], fixture_names[i]);
             add_plain(f.s, orig, name);
             snprintf(out, sizeof out, "%s/out-%s", f.dir, name);
             assert_ok(actl_store_export(f.s, name, out));
             actl_adapter *back = NULL;
             assert_ok(actl_adapter_load(out, &back));
-            assert_same_tensors(orig, back);
+            test_assert_same_tensors(orig, back);
             assert_string_equal(actl_adapter_config(orig), actl_adapter_config(back));
             /* The files' bytes, too: the same as saving the original directly. */
             char direct[4400], p1[4500], p2[4500], h1[65], h2[65];
@@ -2367,7 +2281,7 @@ static void test_export__identical_tensors_for_every_fixture(void **state)
             assert_string_equal(h1, h2);
             actl_adapter *loaded = NULL;
             assert_ok(actl_store_load(f.s, name, &loaded));
-            assert_same_tensors(orig, loaded);
+            test_assert_same_tensors(orig, loaded);
             actl_adapter_free(loaded);
             actl_adapter_free(back);
             actl_adapter_free(orig);
@@ -2379,7 +2293,7 @@ static void test_export__identical_tensors_for_every_fixture(void **state)
     assert_err(actl_store_export(f.s, "base-tiny.lora", out), ACTL_EEXIST, "");
     assert_err(actl_store_export(f.s, "absent", out), ACTL_ENOTFOUND, "no adapter 'absent'");
     assert_verify_clean(f.s);
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 /* ---- stats ----------------------------------------------------------------------------------- */
@@ -2387,7 +2301,7 @@ static void test_export__identical_tensors_for_every_fixture(void **state)
 static void test_stats__match_independent_counts(void **state)
 {
     (void)state;
-    fx f = fx_new();
+    fx f = test_fx_new();
     actl_store_stats st;
     assert_ok(actl_store_stats_get(f.s, &st));
     assert_int_equal(st.adapters + st.versions + st.packs, 0);
@@ -2402,7 +2316,7 @@ static void test_stats__match_independent_counts(void **state)
     };
     enum { N = sizeof adds / sizeof adds[0] };
     for (size_t i = 0; i < N; i++) {
-        actl_adapter *a = load_fixture("base-tiny", adds[i].fixture);
+        actl_adapter *a = test_load_fixture("base-tiny", adds[i].fixture);
         add_plain(f.s, a, adds[i].name);
         actl_adapter_free(a);
     }
@@ -2412,7 +2326,7 @@ static void test_stats__match_independent_counts(void **state)
     const char *distinct[] = {"lora", "road-1", "mos", "bottleneck-series"};
     uint64_t raw = 0, stored = 0;
     for (size_t i = 0; i < 4; i++) {
-        actl_adapter *a = load_fixture("base-tiny", distinct[i]);
+        actl_adapter *a = test_load_fixture("base-tiny", distinct[i]);
         actl_adapter_info info;
         actl_adapter_info_get(a, &info);
         raw += info.bytes;
@@ -2440,7 +2354,7 @@ static void test_stats__match_independent_counts(void **state)
     assert_true(st.raw_bytes == raw);
     assert_true(st.stored_bytes == stored);
     assert_err(actl_store_stats_get(f.s, NULL), ACTL_EINVAL, "NULL");
-    fx_free(&f);
+    test_fx_free(&f);
 }
 
 int main(void)

@@ -58,48 +58,8 @@ export no_proxy='*' NO_PROXY='*'
 
 # ---- helpers ---------------------------------------------------------------
 
-pass() { npass=$((npass + 1)); echo "ok: $1"; }
-fail() {
-    nfail=$((nfail + 1))
-    printf 'FAIL: %s\n' "$1"
-    shift
-    for line in "$@"; do printf '%s\n' "$line" | sed 's/^/  /'; done
-}
-
-# run ARGS...: runs the binary; sets rc, out and err (stdout also in $TMP/out).
-# A sanitizer report fails the run whatever its exit status.
-run() {
-    "$BIN" "$@" >"$TMP/out" 2>"$TMP/err"
-    rc=$?
-    out=$(cat "$TMP/out")
-    err=$(cat "$TMP/err")
-    case "$err" in
-    *Sanitizer*) fail "adapterctl $* runs clean under the sanitizers" "${err:0:2000}" ;;
-    esac
-}
-# st ARGS...: against the current store $S.
-st() { run --store "$S" "$@"; }
-
-check() {
-    if [ "$2" == "$3" ]; then pass "$1"; else fail "$1" "expected: $2" "got:      $3"; fi
-}
-check_rc() {
-    if [ "$rc" -eq "$2" ]; then pass "$1"; else
-        fail "$1" "expected exit $2, got $rc" "stdout: ${out:0:400}" "stderr: ${err:0:600}"; fi
-}
-check_has() {
-    case "$3" in
-    *"$2"*) pass "$1" ;;
-    *) fail "$1" "expected to contain: $2" "got: ${3:0:600}" ;;
-    esac
-}
-check_py() {
-    local name=$1 msg
-    shift
-    msg=$("$PY" "$TMP/pl.py" "$@" 2>&1)
-    if [ -z "$msg" ]; then pass "$name"; else fail "$name" "$msg"; fi
-}
-py() { "$PY" "$TMP/pl.py" "$@"; }
+PYSCRIPT=$TMP/pl.py
+. tests/cli/lib/common.sh
 
 # What must not change when a pull fails: the catalogue (stats: names,
 # versions, packs, sizes), the pack files. Partial downloads
@@ -137,15 +97,8 @@ def load(path):
     with open(path) as f:
         return json.load(f)
 
-def tensors(path):
-    """{name: (dtype, shape, bytes)} of a safetensors file, by the format's rules."""
-    with open(path, "rb") as f:
-        data = f.read()
-    n = struct.unpack("<Q", data[:8])[0]
-    h = json.loads(data[8:8 + n])
-    h.pop("__metadata__", None)
-    return {k: (e["dtype"], e["shape"], data[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]])
-            for k, e in h.items()}
+sys.path.insert(0, os.environ["ACTL_CLI_LIB"])
+from st_reader import tensors
 
 def cmd_sha(path):
     with open(path, "rb") as f:

@@ -46,39 +46,15 @@ fi
 JOBS=$(nproc 2>/dev/null || echo 2)
 start_s=$(date +%s)
 
-pass() { npass=$((npass + 1)); echo "ok: $1"; }
-fail() {
-    nfail=$((nfail + 1))
-    printf 'FAIL: %s\n' "$1"
-    shift
-    for line in "$@"; do printf '%s\n' "$line" | sed 's/^/  /'; done
-}
-run() {
-    "$BIN" "$@" >"$TMP/out" 2>"$TMP/err"
-    rc=$?
-    out=$(cat "$TMP/out")
-    err=$(cat "$TMP/err")
-    case "$err" in
-    *Sanitizer*) fail "adapterctl $* runs clean under the sanitizers" "${err:0:2000}" ;;
-    esac
-}
-check() {
-    if [ "$2" == "$3" ]; then pass "$1"; else fail "$1" "expected: $2" "got:      $3"; fi
-}
+PYSCRIPT=$TMP/st.py
+. tests/cli/lib/common.sh
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 cat >"$TMP/st.py" <<'PYEOF'
 import json, os, random, re, struct, sys
 
-def safetensors(path):
-    """{name: (dtype, shape, bytes)} by the format's rules."""
-    with open(path, "rb") as f:
-        data = f.read()
-    n = struct.unpack("<Q", data[:8])[0]
-    h = json.loads(data[8:8 + n])
-    h.pop("__metadata__", None)
-    return {k: (e["dtype"], e["shape"], data[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]])
-            for k, e in h.items()}
+sys.path.insert(0, os.environ["ACTL_CLI_LIB"])
+from st_reader import tensors as safetensors
 
 def write_safetensors(path, tensors):
     hdr, off = {"__metadata__": {"format": "pt"}}, 0
