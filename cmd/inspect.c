@@ -59,24 +59,6 @@ static enum target classify(const char *path)
 
 static const char *yes_no(int b) { return b ? "true" : "false"; }
 
-/* "512 B", "14.0 KiB", "3.2 MiB", "1.5 GiB". */
-static const char *human_size(uint64_t n, char *buf, size_t len)
-{
-    static const char *const unit[] = { "KiB", "MiB", "GiB", "TiB" };
-    if (n < 1024) {
-        snprintf(buf, len, "%llu B", (unsigned long long)n);
-        return buf;
-    }
-    double v = (double)n / 1024;
-    int u = 0;
-    while (v >= 1024 && u < 3) {
-        v /= 1024;
-        u++;
-    }
-    snprintf(buf, len, "%.1f %s", v, unit[u]);
-    return buf;
-}
-
 /* "[16, 3000]" */
 static const char *shape_str(const actl_tensor *t, char *buf, size_t len)
 {
@@ -326,7 +308,7 @@ static void print_peft_text(const char *path, const actl_adapter *a, const json_
     }
     printf("\n%zu modules, %zu tensors, %lld params, %llu bytes (%s)\n", info.module_count,
            info.tensor_count, (long long)info.params, (unsigned long long)info.bytes,
-           human_size(info.bytes, buf, sizeof buf));
+           cmd_human_size(info.bytes, buf, sizeof buf));
 }
 
 static json_t *peft_json(const char *path, const actl_adapter *a, json_t *config)
@@ -453,7 +435,7 @@ static void print_tensors_text(const struct tensor_list *tl)
         putchar('\n');
     }
     printf("\n%zu tensors, %lld params, %llu bytes (%s)\n", n, (long long)params,
-           (unsigned long long)bytes, human_size(bytes, buf, sizeof buf));
+           (unsigned long long)bytes, cmd_human_size(bytes, buf, sizeof buf));
 }
 
 /* The "tensors" array, and the totals through params and bytes. */
