@@ -154,6 +154,10 @@ struct actl_adapter {
 int actl__adapter_build(json_t *config, const actl_tensor **tensors, size_t n,
                         bool owns_tensors, actl_st *st, const char *origin,
                         const char *cfg_what, const char *st_what, actl_adapter **out);
+/* actl__adapter_build over every tensor of an opened safetensors file (views,
+ * zero copy). Takes config and st on success and failure alike. peft.c */
+int actl__adapter_from_st(json_t *config, actl_st *st, const char *origin,
+                          const char *cfg_what, const char *st_what, actl_adapter **out);
 /* The module named `name`, or NULL. */
 const actl__module *actl__adapter_module_find(const actl_adapter *a, const char *name);
 /* MoS: gathers one module's dense A [r, in] and B [out, r] (DESIGN.md 3.4) in

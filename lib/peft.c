@@ -1018,6 +1018,23 @@ out:
 
 /* ---- import ---------------------------------------------------------------- */
 
+int actl__adapter_from_st(json_t *config, actl_st *st, const char *origin,
+                          const char *cfg_what, const char *st_what, actl_adapter **out)
+{
+    size_t n = actl_st_count(st);
+    const actl_tensor **tensors = n ? malloc(n * sizeof *tensors) : NULL;
+    if (n && !tensors) {
+        json_decref(config);
+        actl_st_close(st);
+        return actl__oom();
+    }
+    for (size_t i = 0; i < n; i++)
+        tensors[i] = actl_st_tensor(st, i);
+    /* The adapter takes config, tensors and st whatever happens: tensors stay views
+     * into the mapping (zero copy). */
+    return actl__adapter_build(config, tensors, n, false, st, origin, cfg_what, st_what, out);
+}
+
 int actl_adapter_load(const char *dir, actl_adapter **out)
 {
     int rc = ACTL_OK;
@@ -1025,7 +1042,6 @@ int actl_adapter_load(const char *dir, actl_adapter **out)
     size_t len;
     json_t *config = NULL;
     actl_st *st = NULL;
-    const actl_tensor **tensors = NULL;
     if (!dir || !out)
         return actl__err(ACTL_EINVAL, "adapter load: NULL argument");
     *out = NULL;
@@ -1059,22 +1075,11 @@ int actl_adapter_load(const char *dir, actl_adapter **out)
     }
     if ((rc = actl_st_open(st_path, &st)))
         goto out;
-    size_t n = actl_st_count(st);
-    if (n && !(tensors = malloc(n * sizeof *tensors))) {
-        rc = actl__oom();
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++)
-        tensors[i] = actl_st_tensor(st, i);
-    /* The adapter takes config, tensors and st whatever happens: tensors stay views
-     * into the mapping (zero copy). */
-    rc = actl__adapter_build(config, tensors, n, false, st, dir, cfg_path, st_path, out);
+    rc = actl__adapter_from_st(config, st, dir, cfg_path, st_path, out);
     config = NULL;
-    tensors = NULL;
     st = NULL;
 out:
     json_decref(config);
-    free(tensors);
     actl_st_close(st);
     free(text);
     free(cfg_path);

@@ -609,7 +609,6 @@ static int build_adapter(pull *p, const part *pc, const part *ps, const char *cf
     size_t len = 0;
     json_t *config = NULL;
     actl_st *st = NULL;
-    const actl_tensor **tensors = NULL;
     char cq[ACTL__QUOTE_CAP], sq[ACTL__QUOTE_CAP];
     actl__quote(cfg_url, cq, sizeof cq);
     actl__quote(st_url, sq, sizeof sq);
@@ -624,21 +623,11 @@ static int build_adapter(pull *p, const part *pc, const part *ps, const char *cf
         actl__err_wrap(rc, "'%s'", sq);
         goto out;
     }
-    size_t n = actl_st_count(st);
-    if (n && !(tensors = malloc(n * sizeof *tensors))) {
-        rc = actl__oom();
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++)
-        tensors[i] = actl_st_tensor(st, i);
-    /* takes config, tensors and st, whatever happens */
-    rc = actl__adapter_build(config, tensors, n, false, st, p->url, cq, sq, out);
+    rc = actl__adapter_from_st(config, st, p->url, cq, sq, out);
     config = NULL;
-    tensors = NULL;
     st = NULL;
 out:
     json_decref(config);
-    free(tensors);
     actl_st_close(st);
     free(text);
     return rc;
