@@ -259,6 +259,8 @@ static void print_peft_text(const char *path, const actl_adapter *a, const json_
         field_config(config, "scaling");
         field("use_parallel_adapter", "%s", yes_no(info.use_parallel_adapter));
         break;
+    case ACTL_KIND_STACK: /* a store entry, never a directory's */
+        break;
     }
     field_config(config, "target_modules");
     field_config(config, "modules_to_save");

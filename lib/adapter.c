@@ -19,6 +19,7 @@ const char *actl_kind_name(actl_kind k)
     case ACTL_KIND_ROAD: return "road";
     case ACTL_KIND_BOTTLENECK: return "bottleneck";
     case ACTL_KIND_MOS: return "mos";
+    case ACTL_KIND_STACK: return "stack";
     }
     return NULL;
 }
@@ -27,13 +28,13 @@ int actl_kind_parse(const char *name, actl_kind *out)
 {
     if (!name || !out)
         return actl__err(ACTL_EINVAL, "kind: NULL argument");
-    for (int k = ACTL_KIND_LORA; k <= ACTL_KIND_MOS; k++)
+    for (int k = ACTL_KIND_LORA; k <= ACTL_KIND_STACK; k++)
         if (strcmp(actl_kind_name((actl_kind)k), name) == 0) {
             *out = (actl_kind)k;
             return ACTL_OK;
         }
     char q[ACTL__QUOTE_CAP];
-    return actl__err(ACTL_EINVAL, "unknown kind '%s' (lora, road, bottleneck, mos)",
+    return actl__err(ACTL_EINVAL, "unknown kind '%s' (lora, road, bottleneck, mos, stack)",
                      actl__quote(name, q, sizeof q));
 }
 
@@ -259,6 +260,8 @@ static int validate_module(const actl_adapter *a, const actl__module *m, int64_t
                              (long long)(rows / l), dims(have, sizeof have, rows, cols));
         return ACTL_OK;
     }
+    case ACTL_KIND_STACK: /* never an adapter's kind */
+        break;
     }
     if ((need_rows && need_rows != rows) || (need_cols && need_cols != cols))
         return actl__err(ACTL_ESHAPE, "'%s': module '%s': the adapter needs a base weight %s, "

@@ -250,7 +250,9 @@ typedef enum actl_kind {
     ACTL_KIND_LORA = 1,       /* PEFT "LORA", including DoRA */
     ACTL_KIND_ROAD = 2,       /* PEFT "ROAD" */
     ACTL_KIND_BOTTLENECK = 3, /* LLM-Adapters "BOTTLENECK" (Series / Parallel) */
-    ACTL_KIND_MOS = 4         /* Mixture of Shards, compact form (ours: "MOS") */
+    ACTL_KIND_MOS = 4,        /* Mixture of Shards, compact form (ours: "MOS") */
+    ACTL_KIND_STACK = 5       /* a catalogue entry only: an ordered recipe of other
+                                 adapters (DESIGN.md 3.5); never an actl_adapter's kind */
 } actl_kind;
 
 /* Lowercase name: "lora", "road", "bottleneck", "mos"; NULL if invalid. */
@@ -433,6 +435,8 @@ typedef struct actl_add_opts {
     const char *const *tags; /* NULL-terminated "KEY=VALUE" strings, or NULL */
     const char *description; /* or NULL */
     const char *source;      /* where it came from (a path or URL), or NULL */
+    const char *lineage;     /* how it was made (JSON object text, see actl_compose_lineage),
+                                or NULL; stored verbatim and shown by show */
 } actl_add_opts;
 actl_add_opts actl_add_default_opts(void);
 
@@ -449,8 +453,10 @@ typedef struct actl_entry {
     const char *config;         /* adapter_config.json as compact JSON */
     uint64_t raw_bytes;         /* tensors, uncompressed */
     uint64_t stored_bytes;      /* the pack's size on disk */
-    const char *pack;           /* 64 hex digits */
+    const char *pack;           /* 64 hex digits; NULL for a stack */
     const char *source;         /* or NULL */
+    const char *lineage;        /* JSON object text (inputs, weights, method, options,
+                                   seed, errors), or NULL for an adapter not composed here */
     const char *description;    /* or NULL */
     int64_t created;            /* Unix seconds */
     size_t tag_count;
@@ -589,6 +595,146 @@ int actl_store_pull(actl_store *s, const char *url, const char *ref, const actl_
  * missing pack. *count (when not NULL) gets the number of adapters in the
  * index. */
 int actl_store_publish(actl_store *s, const char *dir, const char *const *refs, size_t *count);
+
+/* ------------------------------------------------------------------ */
+/* Inputs of merge and compose                                         */
+/* ------------------------------------------------------------------ */
+
+/* One adapter with its weight, as merge and compose take them. */
+typedef struct actl_input {
+    const actl_adapter *adapter; /* never a stack: stacks are expanded into members */
+    double weight;               /* W of NAME[@V]:W, default 1 */
+    const char *ref;             /* how the user named it: "math@3" (the resolved
+                                    version) or the directory; in messages and lineage */
+    const char *pack;            /* its pack's digest when it came from a store, else NULL */
+} actl_input;
+
+/* Splits "NAME[@V][:W]" or "DIR[:W]": W is the text after the last ':' when
+ * that text is a finite number, else the weight is 1 and the whole spec is
+ * the reference. *ref is malloc'd. ACTL_EINVAL for an empty reference. */
+int actl_input_spec_parse(const char *spec, char **ref, double *weight);
+
+/* An ordered list of inputs that owns the adapters it loaded. */
+typedef struct actl_inputs actl_inputs;
+int actl_inputs_new(actl_inputs **out);
+void actl_inputs_free(actl_inputs *l);
+/* Appends what ref names, with weight w: an existing directory is loaded
+ * as a PEFT directory (actl_adapter_load); anything else is a store
+ * reference NAME[@V] (s must not be NULL then), loaded and verified
+ * (actl_store_load). A stack entry appends its members in order, each
+ * weight multiplied by w. Errors name ref. */
+int actl_inputs_add(actl_inputs *l, actl_store *s, const char *ref, double w);
+/* The inputs as one array of *n (lent, valid until the next add or free). */
+const actl_input *actl_inputs_items(const actl_inputs *l, size_t *n);
+
+/* ------------------------------------------------------------------ */
+/* Merge (DESIGN.md 8)                                                 */
+/* ------------------------------------------------------------------ */
+
+typedef struct actl_merge_opts {
+    int dtype;      /* -1: keep each tensor's dtype; else ACTL_F32, ACTL_F16 or ACTL_BF16
+                       for every floating-point tensor written */
+    int unmerge;    /* 1: take the adapters back out (LoRA subtracted, RoAd inverted),
+                       in reverse order */
+    int force;      /* 1: merge even when an adapter's recorded base model differs from
+                       the base's */
+    int threads;    /* worker threads; 0: the number of online CPUs */
+    actl_progress_fn progress; /* bytes of tensors written of the total, or NULL */
+    void *progress_ctx;
+} actl_merge_opts;
+actl_merge_opts actl_merge_default_opts(void);
+
+typedef struct actl_merge_result {
+    size_t tensors_merged;   /* tensors an adapter changed */
+    size_t tensors_copied;   /* tensors passed through (converted when dtype asks) */
+    uint64_t bytes_written;  /* tensor bytes written */
+    size_t files_copied;     /* other files of the base directory copied */
+} actl_merge_result;
+
+/* Merges in[0..n) in order into the checkpoint directory base_dir and
+ * writes a checkpoint directory out_dir of the same layout: the same
+ * shard files (index rewritten when sizes change), config.json, tokenizer
+ * and every other regular file copied. Each input applies with its weight:
+ * LoRA/MoS scale the delta by W (DoRA: W scales the delta before the row
+ * norms), RoAd takes theta*W and alpha^W. Computes in fp32 and rounds once.
+ * Streams: one tensor at a time from the mapped base, pages released
+ * behind. out_dir must not exist; it appears complete (rename of a
+ * temporary sibling) or not at all. Refuses, writing nothing:
+ * bottleneck adapters (ACTL_EUNSUPPORTED), modules the base lacks
+ * (ACTL_ENOTFOUND), shapes that do not fit, a RoAd group size that does
+ * not divide (ACTL_ESHAPE), a recorded base model that differs from the
+ * base's config "_name_or_path" (ACTL_EINVAL, unless force), DoRA with
+ * unmerge (ACTL_EUNSUPPORTED), a near-singular RoAd pair on unmerge
+ * (ACTL_EINVAL). out may be NULL. */
+int actl_merge(const char *base_dir, const char *out_dir, const actl_input *in, size_t n,
+               const actl_merge_opts *o, actl_merge_result *out);
+
+/* ------------------------------------------------------------------ */
+/* Compose (DESIGN.md 9)                                               */
+/* ------------------------------------------------------------------ */
+
+typedef enum actl_compose_method {
+    ACTL_COMPOSE_CAT = 1,        /* LoRA: concatenate factors; exact */
+    ACTL_COMPOSE_SVD = 2,        /* LoRA: truncated SVD of the weighted delta sum */
+    ACTL_COMPOSE_TIES = 3,       /* LoRA: TIES on full deltas, then SVD */
+    ACTL_COMPOSE_DARE_LINEAR = 4,
+    ACTL_COMPOSE_DARE_TIES = 5,
+    ACTL_COMPOSE_MAGNITUDE_PRUNE = 6,
+    ACTL_COMPOSE_LINEAR = 7,     /* LoRA: PEFT's factor-wise mix; inexact */
+    ACTL_COMPOSE_SEQUENTIAL = 8, /* RoAd: per-pair product; exact */
+    ACTL_COMPOSE_UNION = 9,      /* RoAd: disjoint modules/pairs combined; exact */
+    ACTL_COMPOSE_STACK = 10      /* any kinds: a recipe in the store (actl_store_add_stack) */
+} actl_compose_method;
+/* "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune",
+ * "linear", "sequential", "union", "stack". */
+const char *actl_compose_method_name(actl_compose_method m);
+int actl_compose_method_parse(const char *name, actl_compose_method *out);
+
+typedef struct actl_compose_opts {
+    actl_compose_method method;
+    int rank;          /* target rank of the SVD methods; 0: the sum of the input ranks */
+    double density;    /* ties, dare_*, magnitude_prune: fraction kept, (0, 1]; 0: 0.5 */
+    uint64_t seed;     /* dare_*: the random stream; recorded in the lineage */
+    int has_seed;      /* 0: a seed is drawn from the clock and recorded */
+} actl_compose_opts;
+actl_compose_opts actl_compose_default_opts(void);
+
+/* Per-module report of a compose: for the SVD-based methods the relative
+ * Frobenius error ||D - D_r|| / ||D|| of the truncation (0 for exact
+ * methods). */
+typedef struct actl_compose_report actl_compose_report;
+size_t actl_compose_report_count(const actl_compose_report *r);
+/* Module i's name (lent) and error. */
+const char *actl_compose_report_module(const actl_compose_report *r, size_t i, double *rel_error);
+/* sqrt(sum of squared discarded energy / sum of squared norms) over all modules. */
+double actl_compose_report_overall(const actl_compose_report *r);
+int actl_compose_report_exact(const actl_compose_report *r); /* 1 when no error was made */
+void actl_compose_report_free(actl_compose_report *r);
+
+/* Builds a new adapter from in[0..n) with o->method (not STACK). LoRA
+ * results carry use_rslora false and lora_alpha = r; DoRA inputs are refused
+ * for the factor methods; ranks checked where a method needs them equal.
+ * MoS inputs are materialized first. Errors name the input and module.
+ * report may be NULL. */
+int actl_compose(const actl_input *in, size_t n, const actl_compose_opts *o,
+                 actl_adapter **out, actl_compose_report **report);
+
+/* The lineage JSON object text for a composed entry: {"method", "inputs":
+ * [{"ref", "pack", "weight"}...], "options": {"rank", "density", "seed"},
+ * "exact", "error": {"overall", "modules": {name: rel}}} (error only for
+ * the SVD methods). malloc'd; NULL on OOM. */
+char *actl_compose_lineage(const actl_input *in, size_t n, const actl_compose_opts *o,
+                           const actl_compose_report *report);
+
+/* Adds a stack: an ordered recipe of in[0..n) (any kinds), materializing
+ * nothing. Inputs that have no pack in this store (PEFT directories) get
+ * one. The entry's kind is ACTL_KIND_STACK, its pack NULL, its lineage the
+ * recipe; its member packs stay alive (gc keeps them) for as long as it
+ * exists. actl_inputs_add expands it again; actl_store_load refuses it
+ * (ACTL_EUNSUPPORTED, saying it is a stack). */
+int actl_store_add_stack(actl_store *s, const actl_input *in, size_t n, const actl_add_opts *o,
+                         actl_entries **out);
+
 
 #ifdef __cplusplus
 }

@@ -478,6 +478,32 @@ int actl__pack_install(const char *objects_dir, const char *src, const char *hex
 int actl__pack_verify_load(const char *path, const char *expect_hex, actl_problem_fn fn,
                            void *ctx, size_t *problems, actl_adapter **out);
 
+/* ---- road.c: RoAd pair arithmetic (DESIGN.md 3.2), shared by merge, compose
+ * and the decoder. Coefficients are double vectors c[out], s[out]; pairs are
+ * half-group: p = k*g + j (j < g/2) with q = p + g/2. ---------------------- */
+
+/* The output width a RoAd module's tensors imply (road_1: 2*len, road_2:
+ * len, road_4: len/2), or 0 for a malformed module. */
+int64_t actl__road_out(const actl_adapter *a, const actl__module *m);
+/* Coefficients of module m under weight w (theta*w, alpha^w; w = 1 is the
+ * adapter, w = 0 the identity) into c[out], s[out], out = actl__road_out.
+ * ACTL_ESHAPE (naming the adapter and module) when the group size does not
+ * divide out or is odd. */
+int actl__road_coeffs(const actl_adapter *a, const actl__module *m, double w, double *c,
+                      double *s);
+/* Rotates the rows of x [out, cols] (fp32, row-major) in place:
+ * x'[p] = c[p] x[p] - s[p] x[q],  x'[q] = s[q] x[p] + c[q] x[q], each
+ * computed in double and rounded once. cols = 1 rotates a bias vector. */
+void actl__road_rotate_rows(const double *c, const double *s, int64_t out, int group,
+                            float *x, int64_t cols);
+/* Replaces c, s by the inverse pairs' coefficients. ACTL_EINVAL naming
+ * `what` and the pair when |det| = |c[p]c[q] + s[p]s[q]| < 1e-6 (a
+ * near-singular pair); c and s are unchanged then. */
+int actl__road_invert(double *c, double *s, int64_t out, int group, const char *what);
+/* A applied first, then B (same group), into c, s (which may alias A or B). */
+void actl__road_compose(const double *cA, const double *sA, const double *cB,
+                        const double *sB, int64_t out, int group, double *c, double *s);
+
 /* Test hook, NULL in normal use (nothing sets it outside tests): when set,
  * store.c calls it at the moments where a concurrent rm or gc matters, with
  * `point` naming the moment:

@@ -428,6 +428,8 @@ static int parse_kind(build *b)
         in->alpha = b->lora_alpha;
         in->shards = b->shards;
         return ACTL_OK;
+    case ACTL_KIND_STACK: /* the detection above never yields it */
+        break;
     }
     return ACTL_OK;
 }
@@ -979,6 +981,7 @@ int actl__adapter_build(json_t *config, const actl_tensor **tensors, size_t n,
         case ACTL_KIND_ROAD: rc = check_road(&b, m); break;
         case ACTL_KIND_BOTTLENECK: rc = check_bottleneck(&b, m); break;
         case ACTL_KIND_MOS: rc = check_mos(&b, m, pools, npools); break;
+        case ACTL_KIND_STACK: break;
         }
     }
     if (rc)
