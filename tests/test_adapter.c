@@ -278,6 +278,11 @@ static void test_kind_name(void **state)
     assert_string_equal(actl_kind_name(ACTL_KIND_ROAD), "road");
     assert_string_equal(actl_kind_name(ACTL_KIND_BOTTLENECK), "bottleneck");
     assert_string_equal(actl_kind_name(ACTL_KIND_MOS), "mos");
+    assert_string_equal(actl_kind_name(ACTL_KIND_STACK), "stack");
+    actl_kind k = 0;
+    assert_ok(actl_kind_parse("stack", &k));
+    assert_int_equal(k, ACTL_KIND_STACK);
+    assert_err(actl_kind_parse("stacks", &k), ACTL_EINVAL, "mos, stack");
     assert_null(actl_kind_name((actl_kind)0));
 }
 
