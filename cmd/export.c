@@ -6,6 +6,17 @@
 
 cmd_fn cmd_export;
 
+/* Members of a stack's recipe (its config {"members": [...]}), the member
+ * directories the library writes; -1 when unreadable. */
+static long stack_members(const char *config)
+{
+    json_t *v = json_loads(config ? config : "", 0, NULL);
+    json_t *m = json_object_get(v, "members");
+    long n = json_is_array(m) ? (long)json_array_size(m) : -1;
+    json_decref(v);
+    return n;
+}
+
 static const char *const export_usage[] = {
     "adapterctl export NAME[@V] DIR [--json]",
     "",
@@ -13,7 +24,11 @@ static const char *const export_usage[] = {
     "(adapter_config.json + adapter_model.safetensors) whose tensors are the",
     "bytes that were added. DIR must not exist or be empty; it appears whole or",
     "not at all. A pack whose bytes do not match their SHA-256 is an error and",
-    "nothing is written. With --json: {\"name\", \"version\", \"dir\"}.",
+    "nothing is written. A stack is written as one PEFT directory per member,",
+    "DIR/01-NAME, DIR/02-NAME... in the order they apply, plus DIR/stack.json",
+    "(the recipe: each member's directory, ref, kind, weight and pack).",
+    "With --json: {\"name\", \"version\", \"dir\"}, and for a stack",
+    "\"members\": the number of member directories.",
     NULL,
 };
 
@@ -45,13 +60,22 @@ int cmd_export(int argc, char **argv, struct cmd_ctx *ctx)
         rc = cmd_lib_error(lrc);
         goto out;
     }
+    long members = e->kind == ACTL_KIND_STACK ? stack_members(e->config) : -1;
     if (ctx->json) {
-        rc = cmd_print_json(json_pack("{s:s, s:I, s:s}", "name", e->name, "version",
-                                      (json_int_t)e->version, "dir", dir));
+        json_t *doc = json_pack("{s:s, s:I, s:s}", "name", e->name, "version",
+                                (json_int_t)e->version, "dir", dir);
+        if (doc && members >= 0 && json_object_set_new(doc, "members", json_integer(members)))
+            doc = (json_decref(doc), NULL);
+        rc = cmd_print_json(doc);
     } else {
         printf("exported %s to %s\n", ref, dir);
         rc = CMD_OK;
     }
+    /* A stack is not one PEFT directory: say what a reader will find. */
+    if (rc == CMD_OK && e->kind == ACTL_KIND_STACK && !ctx->quiet)
+        cmd_error("note: '%s' is a stack: wrote %ld member director%s plus stack.json (the "
+                  "order and weights to apply them with)",
+                  ref, members, members == 1 ? "y" : "ies");
 out:
     actl_entries_free(l);
     actl_store_close(s);

@@ -9,10 +9,12 @@ cmd_fn cmd_gc;
 static const char *const gc_usage[] = {
     "adapterctl gc [--json]",
     "",
-    "Removes the packs that no version refers to (left by 'rm' or by an add",
-    "that was killed) and stale temporary files, never a pack that an add",
-    "running in another process is about to record. Prints what it freed;",
-    "with --json: {\"packs_removed\", \"bytes_freed\", \"temp_removed\"}.",
+    "Removes the packs that no version and no stack refers to (left by 'rm'",
+    "or by an add that was killed) and stale temporary files, never a pack",
+    "that a stack still uses, even after the adapter it came from was removed,",
+    "nor one that an add running in another process is about to record.",
+    "Prints what it freed; with --json: {\"packs_removed\", \"bytes_freed\",",
+    "\"temp_removed\"}.",
     NULL,
 };
 

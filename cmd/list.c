@@ -14,8 +14,9 @@ static const char *const list_usage[] = {
     "",
     "Lists the stored adapters ordered by name, the newest version of each",
     "(every version with --all-versions). Filters combine: --kind (lora, road,",
-    "bottleneck, mos), --base (the exact base model id) and every --tag must",
-    "match. --limit and --offset page through the result.",
+    "bottleneck, mos, stack), --base (the exact base model id) and every --tag",
+    "must match. --limit and --offset page through the result. A stack's size",
+    "is its members' packs.",
     "With --json, a JSON array of entry objects (schema in README.md).",
     NULL,
 };
@@ -34,7 +35,9 @@ static const char *cell(const actl_entry *e, int c, char *buf, size_t len)
         snprintf(buf, len, "%s", actl_kind_name(e->kind) ? actl_kind_name(e->kind) : "?");
         break;
     case COL_RANK:
-        if (e->variant)
+        if (e->kind == ACTL_KIND_STACK) /* no rank of its own: show shows its members */
+            snprintf(buf, len, "-");
+        else if (e->variant)
             snprintf(buf, len, "%s/g%d", e->variant, e->group_size);
         else
             snprintf(buf, len, "%d", e->rank);
@@ -88,7 +91,7 @@ int cmd_list(int argc, char **argv, struct cmd_ctx *ctx)
     int all_versions = 0;
     struct cmd_list tags = { 0 };
     const struct cmd_option opts[] = {
-        CMD_OPT_STRING(0, "kind", &kind, "K", "only this kind: lora, road, bottleneck, mos"),
+        CMD_OPT_STRING(0, "kind", &kind, "K", "only this kind: lora, road, bottleneck, mos, stack"),
         CMD_OPT_STRING(0, "base", &base, "ID", "only adapters for this base model id"),
         CMD_OPT_LIST(0, "tag", &tags, "K=V", "only adapters with this tag; repeat: all must match"),
         CMD_OPT_STRING(0, "limit", &limit, "N", "at most N entries"),

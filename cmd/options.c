@@ -342,26 +342,30 @@ json_t *cmd_entry_json(const actl_entry *e)
 
     json_t *modules = stored_json(e, "target_modules", e->target_modules);
     json_t *config = modules ? stored_json(e, "config", e->config) : NULL;
+    /* lineage: the object itself (null when the entry was not composed here) */
+    json_t *lineage = config ? stored_json(e, "lineage", e->lineage) : NULL;
     json_t *tags = json_object();
     for (size_t i = 0; tags && i < e->tag_count; i++)
         if (json_object_set_new(tags, e->tag_keys[i], json_string(e->tag_values[i])) != 0)
             tags = (json_decref(tags), NULL);
-    if (!modules || !config || !tags) {
+    if (!modules || !config || !lineage || !tags) {
         json_decref(modules);
         json_decref(config);
+        json_decref(lineage);
         json_decref(tags);
         return NULL;
     }
-    /* "o" steals modules, config and tags, even when packing fails. */
+    /* "o" steals modules, config, lineage and tags, even when packing fails.
+     * pack is null for a stack, which has none. */
     json_t *doc = json_pack(
-        "{s:s, s:I, s:s, s:s?, s:i, s:s?, s:i, s:o, s:o, s:I, s:I, s:s, s:s?, s:s?, s:s, s:I,"
-        " s:o}",
+        "{s:s, s:I, s:s, s:s?, s:i, s:s?, s:i, s:o, s:o, s:I, s:I, s:s?, s:s?, s:s?, s:s, s:I,"
+        " s:o, s:o}",
         "name", e->name, "version", (json_int_t)e->version, "kind", actl_kind_name(e->kind),
         "base_model", e->base_model, "rank", e->rank, "variant", e->variant, "group_size",
         e->group_size, "target_modules", modules, "config", config, "raw_bytes",
         (json_int_t)e->raw_bytes, "stored_bytes", (json_int_t)e->stored_bytes, "pack",
-        e->pack ? e->pack : "", "source", e->source, "description", e->description, "created",
-        created, "created_unix", (json_int_t)e->created, "tags", tags);
+        e->pack, "source", e->source, "description", e->description, "created",
+        created, "created_unix", (json_int_t)e->created, "lineage", lineage, "tags", tags);
     if (!doc)
         cmd_error("cannot build the JSON output for '%s@%lld'", e->name, (long long)e->version);
     return doc;

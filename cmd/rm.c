@@ -1,6 +1,7 @@
 /*
  * rm.c: `adapterctl rm NAME[@V]`: removes one version from the catalogue.
- * Its pack stays until `adapterctl gc`, which removes unreferenced packs.
+ * Its pack stays until `adapterctl gc`, which removes unreferenced packs
+ * (a stack's member packs stay for as long as the stack).
  */
 #include "cmd.h"
 
@@ -11,7 +12,9 @@ static const char *const rm_usage[] = {
     "",
     "Removes NAME@V, or the newest version of NAME, from the catalogue and",
     "prints what it removed (with --json, that entry's object). The pack is",
-    "left for 'adapterctl gc', which frees it once no version refers to it.",
+    "left for 'adapterctl gc', which frees it once no version and no stack",
+    "refers to it. Removing a stack removes its recipe only; removing an",
+    "adapter a stack uses leaves the stack whole (it keeps the member's pack).",
     NULL,
 };
 

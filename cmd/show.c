@@ -5,6 +5,8 @@
 
 #include <jansson.h>
 #include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 cmd_fn cmd_show;
@@ -12,8 +14,10 @@ cmd_fn cmd_show;
 static const char *const show_usage[] = {
     "adapterctl show NAME[@V] [--json]",
     "",
-    "Shows one stored adapter: NAME@V, or the newest version of NAME. With",
-    "--json, the entry object of README.md.",
+    "Shows one stored adapter: NAME@V, or the newest version of NAME, with its",
+    "lineage when it was composed here (method, inputs and weights, options,",
+    "errors); a stack shows its members there. With --json, the entry object",
+    "of README.md.",
     NULL,
 };
 
@@ -42,6 +46,136 @@ static long module_count(const char *text)
     return n;
 }
 
+/* Members of a stack's recipe (its config {"members": [...]}); -1 when unreadable. */
+static long stack_members(const char *config)
+{
+    json_t *v = json_loads(config ? config : "", 0, NULL);
+    json_t *m = json_object_get(v, "members");
+    long n = json_is_array(m) ? (long)json_array_size(m) : -1;
+    json_decref(v);
+    return n;
+}
+
+/* A JSON value in one line: strings bare, the rest compact. malloc'd. */
+static char *one_line(const json_t *v)
+{
+    if (json_is_string(v))
+        return strdup(json_string_value(v));
+    return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS |
+                             JSON_REAL_PRECISION(6));
+}
+
+/* lineage.inputs: one line each, "N. REF (KIND), weight W, pack 0123456789ab". */
+static void print_inputs(const json_t *inputs)
+{
+    size_t i;
+    const json_t *in;
+    if (!json_is_array(inputs) || json_array_size(inputs) == 0) {
+        char *t = one_line(inputs);
+        printf("  %-12s%s\n", "inputs", t ? t : "?");
+        free(t);
+        return;
+    }
+    json_array_foreach(inputs, i, in) {
+        const char *ref = json_string_value(json_object_get(in, "ref"));
+        const char *kind = json_string_value(json_object_get(in, "kind"));
+        const char *pack = json_string_value(json_object_get(in, "pack"));
+        const json_t *w = json_object_get(in, "weight");
+        printf("  %-12s%zu. %s", i ? "" : "inputs", i + 1, ref ? ref : "?");
+        if (kind)
+            printf(" (%s)", kind);
+        if (json_is_number(w))
+            printf(", weight %g", json_number_value(w));
+        if (pack)
+            printf(", pack %.12s", pack);
+        putchar('\n');
+    }
+}
+
+/* lineage.error: {"overall": x, "modules": {name: rel}}: the overall error and
+ * the largest module's. */
+static void print_error(const json_t *err)
+{
+    const json_t *overall = json_object_get(err, "overall");
+    const json_t *modules = json_object_get(err, "modules");
+    const char *key, *worst = NULL;
+    const json_t *v;
+    double max = -1;
+    if (!json_is_number(overall)) {
+        char *t = one_line(err);
+        printf("  %-12s%s\n", "error", t ? t : "?");
+        free(t);
+        return;
+    }
+    printf("  %-12srelative %.6g overall", "error", json_number_value(overall));
+    json_object_foreach((json_t *)modules, key, v) {
+        if (json_is_number(v) && json_number_value(v) > max) {
+            max = json_number_value(v);
+            worst = key;
+        }
+    }
+    if (worst)
+        printf("; largest %.6g in '%s' (%zu modules)", max, worst, json_object_size(modules));
+    putchar('\n');
+}
+
+/* The lineage block: method, inputs with their weights, options, exactness,
+ * errors, then any other key as compact JSON. */
+static void print_lineage(const char *text)
+{
+    json_t *l = json_loads(text, 0, NULL);
+    const char *key;
+    json_t *v;
+    if (!json_is_object(l)) {
+        field("lineage", "%s (not a JSON object)", text);
+        json_decref(l);
+        return;
+    }
+    printf("lineage\n");
+    static const char *const order[] = { "method", "inputs", "options", "exact", "error" };
+    for (size_t k = 0; k < sizeof order / sizeof order[0]; k++) {
+        v = json_object_get(l, order[k]);
+        if (!v)
+            continue;
+        if (k == 1) {
+            print_inputs(v);
+        } else if (k == 2 && json_is_object(v)) {
+            const char *ok;
+            json_t *ov;
+            printf("  %-12s", "options");
+            int first = 1;
+            json_object_foreach(v, ok, ov) {
+                if (json_is_null(ov)) /* an option the method does not take */
+                    continue;
+                char *t = one_line(ov);
+                printf("%s%s=%s", first ? "" : " ", ok, t ? t : "?");
+                free(t);
+                first = 0;
+            }
+            printf("%s\n", first ? "-" : "");
+        } else if (k == 3 && json_is_boolean(v)) {
+            printf("  %-12s%s\n", "exact", json_is_true(v) ? "yes" : "no");
+        } else if (k == 4) {
+            print_error(v);
+        } else {
+            char *t = one_line(v);
+            printf("  %-12s%s\n", order[k], t ? t : "?");
+            free(t);
+        }
+    }
+    json_object_foreach(l, key, v) {
+        size_t k = 0;
+        while (k < sizeof order / sizeof order[0] && strcmp(order[k], key) != 0)
+            k++;
+        if (k < sizeof order / sizeof order[0])
+            continue;
+        char *t = one_line(v);
+        printf("  %-12s%s\n", key, t ? t : "?");
+        free(t);
+    }
+    json_decref(l);
+}
+
 static void print_entry(const actl_entry *e)
 {
     char a[32], b[32], r[32], created[32] = "?";
@@ -58,6 +192,12 @@ static void print_entry(const actl_entry *e)
     if (e->kind == ACTL_KIND_ROAD) {
         field("variant", "%s", e->variant ? e->variant : "-");
         field("group size", "%d", e->group_size);
+    } else if (e->kind == ACTL_KIND_STACK) {
+        long members = stack_members(e->config);
+        if (members >= 0)
+            field("members", "%ld", members);
+        else
+            field("members", "?");
     } else {
         field(e->kind == ACTL_KIND_BOTTLENECK ? "size" : "rank", "%d", e->rank);
     }
@@ -79,6 +219,8 @@ static void print_entry(const actl_entry *e)
         field("tags", "-");
     for (size_t i = 0; i < e->tag_count; i++)
         field(i ? "" : "tags", "%s=%s", e->tag_keys[i], e->tag_values[i]);
+    if (e->lineage)
+        print_lineage(e->lineage);
 }
 
 int cmd_show(int argc, char **argv, struct cmd_ctx *ctx)

@@ -457,10 +457,44 @@ static int too_new(const actl_store *s, int v, int newest)
                      v, newest);
 }
 
+static int int_cb(void *arg, int n, char **vals, char **names)
+{
+    (void)names;
+    if (n >= 1 && vals[0])
+        *(int *)arg = atoi(vals[0]);
+    return 0;
+}
+
+/* Rows PRAGMA foreign_key_check reports: references to missing rows. */
+static int fk_violations(actl_store *s, int64_t *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = actl__db_prepare(s, "PRAGMA foreign_key_check", &st);
+    if (rc)
+        return rc;
+    int64_t n = 0;
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW)
+        n++;
+    if (r != SQLITE_DONE)
+        rc = actl__db_err(s, r, "cannot check foreign keys");
+    sqlite3_finalize(st);
+    *out = n;
+    return rc;
+}
+
+static int fk_enabled(actl_store *s, int *on)
+{
+    *on = 0;
+    return exec_retry_cb(s, "PRAGMA foreign_keys", "cannot read the foreign keys setting",
+                         int_cb, on);
+}
+
 int actl__store_migrate(actl_store *s, const actl__migration *list, size_t n)
 {
-    int rc, v = 0;
-    bool in_tx = false;
+    int rc, v = 0, fk_was = 0;
+    bool in_tx = false, fk_off = false;
+    int64_t fk_before = 0, fk_after = 0;
     int newest = n ? list[n - 1].number : 0;
     for (size_t i = 0; i < n; i++)
         if (list[i].number != (int)i + 1)
@@ -478,6 +512,18 @@ int actl__store_migrate(actl_store *s, const actl__migration *list, size_t n)
         if (v == newest)
             goto out;
         if (pass == 0) {
+            /* SQLite's procedure for table rebuilds (schema/0004): foreign
+             * keys off around the transaction (the pragma does nothing inside
+             * one), else dropping a parent table cascades into its children;
+             * then a check that the migrations broke no reference. */
+            if ((rc = fk_enabled(s, &fk_was)))
+                goto out;
+            if (fk_was) {
+                if ((rc = actl__db_exec(s, "PRAGMA foreign_keys = OFF",
+                                        "cannot configure the catalogue")))
+                    goto out;
+                fk_off = true;
+            }
             if ((rc = actl__db_begin(s)))
                 goto out;
             in_tx = true;
@@ -485,6 +531,10 @@ int actl__store_migrate(actl_store *s, const actl__migration *list, size_t n)
                 goto out;
         }
     }
+    /* Violations already there (verify reports them) do not stop a migration;
+     * new ones do. */
+    if ((rc = fk_violations(s, &fk_before)))
+        goto out;
     for (size_t i = (size_t)v; i < n; i++) {
         int r = sqlite3_exec(s->db, list[i].sql, NULL, NULL, NULL);
         if (r != SQLITE_OK) {
@@ -493,6 +543,15 @@ int actl__store_migrate(actl_store *s, const actl__migration *list, size_t n)
             rc = actl__db_err(s, r, what);
             goto out;
         }
+    }
+    if ((rc = fk_violations(s, &fk_after)))
+        goto out;
+    if (fk_after > fk_before) {
+        rc = actl__err(ACTL_EINVAL,
+                       "'%s': schema migrations up to '%s' would leave %lld rows naming missing "
+                       "rows (PRAGMA foreign_key_check)",
+                       s->db_path, list[n - 1].name, (long long)(fk_after - fk_before));
+        goto out;
     }
     char pragma[64];
     snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", newest);
@@ -504,6 +563,11 @@ int actl__store_migrate(actl_store *s, const actl__migration *list, size_t n)
 out:
     if (in_tx)
         actl__db_rollback(s);
+    if (fk_off) {
+        int frc = actl__db_exec(s, "PRAGMA foreign_keys = ON", "cannot configure the catalogue");
+        if (!rc)
+            rc = frc;
+    }
     if (!rc)
         s->schema_version = v;
     return rc;
@@ -520,14 +584,6 @@ static int harden(actl_store *s)
         return actl__db_err(s, r != SQLITE_OK ? r : SQLITE_ERROR,
                             "cannot configure the catalogue");
     return actl__db_exec(s, "PRAGMA trusted_schema = OFF", "cannot configure the catalogue");
-}
-
-static int int_cb(void *arg, int n, char **vals, char **names)
-{
-    (void)names;
-    if (n >= 1 && vals[0])
-        *(int *)arg = atoi(vals[0]);
-    return 0;
 }
 
 /* The schema version of an existing catalogue, read through a read-only
@@ -801,7 +857,8 @@ int actl__entries_append(actl_store *s, actl_entries *l, sqlite3_stmt *st)
             (rc = keep_col(l, st, 8, &e->target_modules)) ||
             (rc = keep_col(l, st, 9, &e->config)) || (rc = keep_col(l, st, 12, &e->pack)) ||
             (rc = keep_col(l, st, 13, &e->source)) ||
-            (rc = keep_col(l, st, 14, &e->description)))
+            (rc = keep_col(l, st, 14, &e->description)) ||
+            (rc = keep_col(l, st, 16, &e->lineage)))
             return rc;
         l->n++;
     }
@@ -1068,6 +1125,8 @@ out:
 
 /* ---- stats ------------------------------------------------------------ */
 
+/* Packs count once each, whether adapters, stack members or both use them. */
+
 int actl_store_stats_get(actl_store *s, actl_store_stats *out)
 {
     sqlite3_stmt *st = NULL;
@@ -1078,7 +1137,8 @@ int actl_store_stats_get(actl_store *s, actl_store_stats *out)
         s,
         "SELECT (SELECT count(DISTINCT name) FROM adapters), (SELECT count(*) FROM adapters), "
         "count(*), coalesce(sum(raw_bytes), 0), coalesce(sum(stored_bytes), 0) FROM packs p "
-        "WHERE EXISTS (SELECT 1 FROM adapters a WHERE a.pack = p.digest)",
+        "WHERE EXISTS (SELECT 1 FROM adapters a WHERE a.pack = p.digest) "
+        "OR EXISTS (SELECT 1 FROM stack_members m WHERE m.pack = p.digest)",
         &st);
     if (rc)
         return rc;

@@ -315,7 +315,7 @@ int actl__text_check(const char *what, const char *s, size_t max, bool multiline
 #define ACTL__ENTRY_COLS                                                                 \
     "a.id, a.name, a.version, a.kind, a.base_model, a.rank, a.variant, a.group_size, "   \
     "a.target_modules, a.config, a.raw_bytes, a.stored_bytes, a.pack, a.source, "        \
-    "a.description, a.created"
+    "a.description, a.created, a.lineage"
 int actl__entries_new(actl_entries **out);
 /* Steps st to the end, appending one entry per row, then loads the tags of
  * the appended rows. */
@@ -513,5 +513,146 @@ void actl__road_compose(const double *cA, const double *sA, const double *cB,
  * tests/test_store.c holds an operation there while another process runs rm
  * or gc, to pin what each may do. Not to be changed while store calls run. */
 extern void (*actl__store_test_pause)(const char *point);
+
+/* ---- store.c: stacks and their members (issue 5; owner: the store library) ---- */
+
+/* "name@version" with room for a 128-character name and any version. */
+#define ACTL__LABEL_CAP 153
+
+/* One member of a stack as its stack_members row records it. */
+typedef struct actl__stack_member {
+    int position;    /* 1 applies first */
+    char pack[65];   /* the member's pack digest */
+    double weight;
+    char *ref;       /* "name@version" or the directory it came from (owned) */
+    actl_kind kind;  /* 0 when the row holds no known kind (verify reports it) */
+} actl__stack_member;
+void actl__stack_members_free(actl__stack_member *m, size_t n);
+/* The members of the stack ref (NAME[@V]) in order, read in one snapshot with
+ * the row; label gets the stack's "name@version". ACTL_ENOTFOUND when there is
+ * no such entry, ACTL_EINVAL when it is not a stack. */
+int actl__store_stack_members(actl_store *s, const char *ref, char label[ACTL__LABEL_CAP],
+                              actl__stack_member **out, size_t *n);
+/* Loads the pack hex as actl_store_load loads an entry's (every digest
+ * checked). `what` names it in messages as it should read, quotes included
+ * ("'mix@1' member 2 'math@3'"). ACTL_ENOTFOUND "... was removed while being
+ * read" when the file is gone and no row names the pack any more. */
+int actl__store_load_pack(actl_store *s, const char *hex, const char *what, actl_adapter **out);
+
+/* ==== pull.c, fetch.c, pack.c: streaming a download into the store (issue 4,
+ * pull throughput; owner: pull) ========================================== */
+
+/* -- pack.c -- */
+
+/* Threads pack.c uses for one pack's tensors (compressing, decoding) and to
+ * hash a pack while it is written: 0 (the default) means the online CPUs, at
+ * most 8, and 1 below 4 MiB of work. The bytes written do not depend on it.
+ * Tests set it; not to be changed while pack calls run. */
+extern int actl__pack_threads;
+
+/* One tensor's codec frame (actl__codec_compress at ACTL_CODEC_LEVEL) and the
+ * SHA-256 of its raw bytes: what a pack stores for it, made ahead of the pack
+ * (pull.c makes them while the file downloads). */
+typedef struct actl__pack_frame {
+    unsigned char *data; /* malloc'd; NULL: none */
+    size_t len;
+    char sha256[65];
+} actl__pack_frame;
+/* Makes the frame of n raw bytes of dtype dt into *out (the caller releases
+ * it). Thread-safe. */
+int actl__pack_frame_make(actl_dtype dt, const void *raw, size_t n, actl__pack_frame *out);
+/* Frees f's data and empties it; f may be NULL. */
+void actl__pack_frame_release(actl__pack_frame *f);
+/* Writes a's pack, the bytes actl__pack_write would store, into fd (an empty
+ * regular file open for writing; path names it in messages) and fsyncs it.
+ * ahead is NULL or holds one entry per tensor of a, in actl_adapter_tensor
+ * order: an entry with data is that tensor's frame, which the caller vouches
+ * was made from exactly the tensor's bytes, used instead of compressing
+ * again (lent for the call). hex gets the digest, *stored the pack's size
+ * and *raw the tensors' (both may be NULL). The caller installs the file
+ * (actl__store_add_pack). */
+int actl__pack_write_fd(const actl_adapter *a, const actl__pack_frame *ahead, int fd,
+                        const char *path, char hex[65], uint64_t *stored, uint64_t *raw);
+
+/* A pack's prefix and header, read before the rest of the file (pull.c reads
+ * them while the pack downloads, then decodes each frame once its bytes are
+ * there). */
+typedef struct actl__pack_head actl__pack_head;
+/* The bytes of the fixed prefix of a pack. */
+#define ACTL_PACK_PREFIX_LEN 24
+/* The bytes of prefix and header of a pack that starts with `prefix`
+ * (ACTL_PACK_PREFIX_LEN bytes); 0 when they are not a prefix this reader
+ * accepts. */
+uint64_t actl__pack_head_size(const unsigned char *prefix);
+/* Parses the prefix and header in the first len bytes (at least
+ * actl__pack_head_size) of the pack at path, which is size bytes in all, with
+ * every check actl__pack_load makes of them; errors as actl__pack_load,
+ * ACTL_EINVAL when the bytes do not hold the whole header. bytes is read
+ * during the call only; path is copied. */
+int actl__pack_head_parse(const void *bytes, size_t len, uint64_t size, const char *path,
+                          actl__pack_head **out);
+size_t actl__pack_head_count(const actl__pack_head *h);
+/* Where tensor i's frame is: bytes [*offset, *offset + *len) of the file. */
+void actl__pack_head_frame(const actl__pack_head *h, size_t i, uint64_t *offset,
+                           uint64_t *len);
+/* Decodes tensor i from its frame (the bytes actl__pack_head_frame names)
+ * into a new owned tensor, checking the frame's checksum and the tensor's
+ * SHA-256; errors as actl__pack_load. Thread-safe for calls on one head. */
+int actl__pack_head_decode(const actl__pack_head *h, size_t i, const void *frame,
+                           actl_tensor **out);
+/* h may be NULL. */
+void actl__pack_head_free(actl__pack_head *h);
+/* actl__pack_verify_load of the complete file at path without its digest
+ * (the caller has checked it), where ahead[i] (actl__pack_head_count(h)
+ * entries, NULL where none) is tensor i already decoded from h, which was
+ * parsed from this file's first bytes: it stands for tensor i when h's entry
+ * i is the file's, and is decoded afresh otherwise. Every ahead[i] is taken
+ * (the array's entries set to NULL). h and ahead may be NULL. */
+int actl__pack_verify_load_ahead(const char *path, const actl__pack_head *h,
+                                 actl_tensor **ahead, actl_problem_fn fn, void *ctx,
+                                 size_t *problems, actl_adapter **out);
+
+/* -- fetch.c -- */
+
+/* What a caller hears while actl__fetch_run_hooked downloads into f->path,
+ * on the transfer's thread; every member may be NULL or 0. */
+typedef struct actl__fetch_hooks {
+    /* A response's body was accepted and its first byte is about to be
+     * written: resumed is 1 when it continues the bytes held, 0 when it
+     * replaces them (the file was just truncated to zero). etag is the ETag
+     * that describes every byte the file will hold: the response's, or ""
+     * when it has none or continues bytes that came with another. A non-zero
+     * return fails the download with that code (message set). */
+    int (*body)(void *ctx, const char *etag, int resumed);
+    /* The file's first `ready` bytes are written and stay as they are until
+     * the next body(..., 0). Called when a resumed body is accepted, after
+     * each ACTL_FETCH_GROW_STEP bytes or so, and when the download ends well
+     * (with the whole size). */
+    void (*grow)(void *ctx, uint64_t ready);
+    void *ctx;
+    /* 1: ask the kernel to start writing the file back to disk as it arrives
+     * (sync_file_range), for a file the caller will fsync and keep, so that
+     * its fsync waits for little. */
+    int writeback;
+} actl__fetch_hooks;
+#define ACTL_FETCH_GROW_STEP (1u << 20)
+/* actl__fetch_run with hooks (h may be NULL). */
+int actl__fetch_run_hooked(actl__fetch *f, const actl__fetch_hooks *h);
+
+/* -- pull.c -- */
+
+/* Tensors whose work (a frame, or a decoded and checked tensor) a follower
+ * did while their file downloaded and handed to the rest of the pull, summed
+ * over pulls: for tests, which read it (single-threaded) to know that the
+ * path ran. */
+extern size_t actl__pull_ahead;
+
+/* actl_store_publish, and *stacks (may be NULL) gets the number of stack
+ * entries left out of the index when refs is NULL or empty (a stack has no
+ * pack of its own; named in refs, it is refused with ACTL_EUNSUPPORTED). */
+int actl__store_publish(actl_store *s, const char *dir, const char *const *refs, size_t *count,
+                        size_t *stacks);
+
+/* ==== end of the streaming section (issue 4) ============================== */
 
 #endif /* ACTL_INTERNAL_H */

@@ -20,6 +20,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -30,7 +32,7 @@
 #include <sqlite3.h>
 
 #define REF_CAP 129 /* a name of 128 characters and its NUL */
-#define LABEL_CAP (REF_CAP + 24)
+#define LABEL_CAP ACTL__LABEL_CAP
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -173,11 +175,14 @@ static int row_facts_get(const actl_adapter *a, const char *origin, row_facts *f
  * written: what the caller can get wrong fails without touching the store. */
 typedef struct add_plan {
     const char *name;
-    const char *base; /* o->base_model, else the config's */
+    const char *base;    /* o->base_model, else the config's (a stack: its members') */
+    const char *lineage; /* o->lineage (a stack: its recipe), or NULL */
     row_facts facts;
-    char *keys;       /* actl__tags_parse */
+    char *keys;          /* actl__tags_parse */
     const char **vals;
     size_t n_tags;
+    char *own_config;    /* a stack's facts.config and lineage, owned here */
+    char *own_lineage;
 } add_plan;
 
 static void add_plan_free(add_plan *p)
@@ -185,17 +190,38 @@ static void add_plan_free(add_plan *p)
     free(p->facts.modules);
     free(p->keys);
     free(p->vals);
+    free(p->own_config);
+    free(p->own_lineage);
     memset(p, 0, sizeof *p);
 }
 
-static int add_plan_make(const actl_adapter *a, const actl_add_opts *o, add_plan *p)
+/* Lineage is stored verbatim, so it is checked here: one JSON object (what
+ * show embeds in its JSON output), strictly parsed, of config size at most. */
+static int lineage_check(const char *name, const char *text)
+{
+    json_t *j = NULL;
+    size_t len = strlen(text);
+    if (len > ACTL_CONFIG_LIMIT)
+        return actl__err(ACTL_ELIMIT, "lineage of '%s' is %zu bytes, over the limit of %u", name,
+                         len, (unsigned)ACTL_CONFIG_LIMIT);
+    int rc = actl__json_parse(text, len, "lineage", &j);
+    if (rc)
+        return actl__err_wrap(ACTL_EINVAL, "lineage of '%s' is not valid JSON", name);
+    if (!json_is_object(j))
+        rc = actl__err(ACTL_EINVAL, "lineage of '%s' is not a JSON object", name);
+    json_decref(j);
+    return rc;
+}
+
+/* The checks of an add's options, whatever is added; base is the base model
+ * id the row gets when o gives none. */
+static int add_plan_opts(const actl_add_opts *o, const char *base, add_plan *p)
 {
     int rc;
-    actl_adapter_info info;
     memset(p, 0, sizeof *p);
-    actl_adapter_info_get(a, &info);
     p->name = o->name;
-    p->base = o->base_model ? o->base_model : info.base_model;
+    p->base = o->base_model ? o->base_model : base;
+    p->lineage = o->lineage;
     if ((rc = actl_name_check(o->name)))
         return rc;
     if (o->version < 0)
@@ -207,8 +233,18 @@ static int add_plan_make(const actl_adapter *a, const actl_add_opts *o, add_plan
         (o->description &&
          (rc = actl__text_check("description", o->description, 65536, true))) ||
         (o->source && (rc = actl__text_check("source", o->source, 4096, false))) ||
-        (rc = actl__tags_parse(o->tags, &p->keys, &p->vals, &p->n_tags)) ||
-        (rc = row_facts_get(a, o->name, &p->facts)))
+        (o->lineage && (rc = lineage_check(o->name, o->lineage))) ||
+        (rc = actl__tags_parse(o->tags, &p->keys, &p->vals, &p->n_tags)))
+        add_plan_free(p);
+    return rc;
+}
+
+static int add_plan_make(const actl_adapter *a, const actl_add_opts *o, add_plan *p)
+{
+    actl_adapter_info info;
+    actl_adapter_info_get(a, &info);
+    int rc = add_plan_opts(o, info.base_model, p);
+    if (!rc && (rc = row_facts_get(a, o->name, &p->facts)))
         add_plan_free(p);
     return rc;
 }
@@ -328,8 +364,8 @@ static int insert_adapter_row(actl_store *s, const add_plan *p, const actl_add_o
     int rc = actl__db_prepare(s,
                               "INSERT INTO adapters (name, version, kind, base_model, rank, "
                               "variant, group_size, target_modules, config, raw_bytes, "
-                              "stored_bytes, pack, source, description, created) VALUES "
-                              "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              "stored_bytes, pack, source, description, created, lineage) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                               &st);
     if (rc)
         return rc;
@@ -344,10 +380,11 @@ static int insert_adapter_row(actl_store *s, const add_plan *p, const actl_add_o
     sqlite3_bind_text(st, 9, p->facts.config, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 10, (int64_t)raw);
     sqlite3_bind_int64(st, 11, (int64_t)stored);
-    sqlite3_bind_text(st, 12, hex, -1, SQLITE_STATIC);
+    bind_text(st, 12, hex); /* NULL for a stack */
     bind_text(st, 13, o->source);
     bind_text(st, 14, o->description);
     sqlite3_bind_int64(st, 15, created);
+    bind_text(st, 16, p->lineage);
     if (!(rc = step_done(s, st, "cannot insert the adapter row")))
         *id = sqlite3_last_insert_rowid(s->db);
     sqlite3_finalize(st);
@@ -367,13 +404,56 @@ static int insert_adapter_row(actl_store *s, const add_plan *p, const actl_add_o
     return rc;
 }
 
-/* The rows of one add, in one transaction, once its pack hex is in objects/
- * and while the caller holds the gc lock. ix is the pack's index when the
- * pack had no row before the lock was taken (NULL otherwise: the row stays,
- * since only gc deletes pack rows). label gets "name@version". */
-static int add_rows(actl_store *s, const add_plan *p, const actl_add_opts *o, const char *hex,
-                    uint64_t stored, uint64_t raw, const actl__pack_index *ix,
-                    char label[LABEL_CAP], actl_entries **out)
+/* One pack an add names, once it is in objects/: its digest and sizes, and
+ * when the pack had no row as the gc lock was held (known false), its index,
+ * from which the rows are made. */
+typedef struct pack_ref {
+    char hex[65];
+    uint64_t stored, raw;
+    bool known;
+    bool have_ix;
+    actl__pack_index ix;
+} pack_ref;
+
+static void pack_ref_free(pack_ref *r)
+{
+    actl__pack_index_free(&r->ix);
+    r->have_ix = false;
+}
+
+/* A stack's member rows, position 1 first, each naming its pack. */
+static int insert_member_rows(actl_store *s, int64_t id, const actl_input *in,
+                              const pack_ref *packs, size_t n)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = actl__db_prepare(s,
+                              "INSERT INTO stack_members (adapter_id, position, pack, weight, "
+                              "member_ref, member_kind) VALUES (?, ?, ?, ?, ?, ?)",
+                              &st);
+    for (size_t i = 0; !rc && i < n; i++) {
+        actl_adapter_info info;
+        actl_adapter_info_get(in[i].adapter, &info);
+        sqlite3_reset(st);
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_int64(st, 2, (int64_t)i + 1);
+        sqlite3_bind_text(st, 3, packs[i].hex, -1, SQLITE_STATIC);
+        sqlite3_bind_double(st, 4, in[i].weight);
+        sqlite3_bind_text(st, 5, in[i].ref, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 6, actl_kind_name(info.kind), -1, SQLITE_STATIC);
+        rc = step_done(s, st, "cannot insert a stack member");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* The rows of one add, in one transaction, once its packs are in objects/
+ * and while the caller holds the gc lock: the rows of packs[0..n_packs) that
+ * had none (only gc deletes pack rows, so a known one stays), the adapter
+ * row naming row_hex (NULL for a stack) and, for a stack (members not NULL),
+ * one member row per pack. label gets "name@version". */
+static int add_rows(actl_store *s, const add_plan *p, const actl_add_opts *o, const char *row_hex,
+                    uint64_t stored, uint64_t raw, const pack_ref *packs, size_t n_packs,
+                    const actl_input *members, char label[LABEL_CAP], actl_entries **out)
 {
     int64_t version = 0, id = 0, created = (int64_t)time(NULL);
     sqlite3_stmt *st = NULL;
@@ -384,8 +464,11 @@ static int add_rows(actl_store *s, const add_plan *p, const actl_add_opts *o, co
     if ((rc = add_version(s, p->name, o->version, &version)))
         goto out;
     snprintf(label, LABEL_CAP, "%s@%lld", p->name, (long long)version);
-    if ((ix && (rc = insert_pack_rows(s, hex, ix, created))) ||
-        (rc = insert_adapter_row(s, p, o, version, hex, stored, raw, created, &id)))
+    for (size_t i = 0; i < n_packs; i++)
+        if (!packs[i].known && (rc = insert_pack_rows(s, packs[i].hex, &packs[i].ix, created)))
+            goto out;
+    if ((rc = insert_adapter_row(s, p, o, version, row_hex, stored, raw, created, &id)) ||
+        (members && (rc = insert_member_rows(s, id, members, packs, n_packs))))
         goto out;
     if (out) {
         if ((rc = actl__entries_new(&l)) ||
@@ -409,68 +492,80 @@ out:
     return rc;
 }
 
-/* The one path of actl_store_add and actl__store_add_pack: check, take the gc
- * lock, put the pack in objects/ (src_file NULL and src_hex NULL: write a's
- * pack; src_file: install that file, whose digest is src_hex; src_hex only:
- * objects/ must hold it), then the rows. */
-static int add(actl_store *s, const actl_adapter *a, const actl_add_opts *o, const char *src_file,
-               const char *src_hex, actl_entries **out)
+/* Puts a pack in objects/ while the caller holds the gc lock: src_file NULL
+ * and src_hex NULL: writes a's pack; src_file: installs that file, whose
+ * digest is src_hex; src_hex only: objects/ must hold it. Then fills r,
+ * reading the pack's index when it has no row yet (before the transaction,
+ * to keep that short). */
+static int pack_place(actl_store *s, const actl_adapter *a, const char *src_file,
+                      const char *src_hex, pack_ref *r)
 {
-    int rc, lock = -1;
-    add_plan plan;
-    actl__pack_index ix;
-    bool have_ix = false;
-    char hex[65], label[LABEL_CAP] = "", *path = NULL;
-    uint64_t stored = 0, raw = 0;
-    memset(&ix, 0, sizeof ix);
-    if ((rc = add_plan_make(a, o, &plan)))
-        return rc;
-    /* Held from before the pack is in objects/ until its rows commit: gc
-     * cannot take the pack for an orphan in between. */
-    if ((rc = lock_take(s, LOCK_SH, &lock)))
-        goto out;
+    int rc = ACTL_OK;
+    char *path = NULL;
+    memset(r, 0, sizeof *r);
     if (!src_hex) {
-        if ((rc = actl__pack_write(a, s->objects, hex, &stored, &raw)))
+        if ((rc = actl__pack_write(a, s->objects, r->hex, &r->stored, &r->raw)))
             goto out;
     } else {
-        memcpy(hex, src_hex, 65);
-        if (!(path = actl__pack_path(s->objects, hex))) {
+        memcpy(r->hex, src_hex, 65);
+        if (!(path = actl__pack_path(s->objects, r->hex))) {
             rc = actl__oom();
             goto out;
         }
         /* A file from outside is trusted as verified (the caller hashed it);
          * one already in objects/ is hashed here, as nothing else vouches for
          * it once it may have lost its row. */
-        if ((rc = actl__pack_index_read(src_file ? src_file : path, src_file ? NULL : hex, &ix)))
+        if ((rc = actl__pack_index_read(src_file ? src_file : path, src_file ? NULL : r->hex,
+                                        &r->ix)))
             goto out;
-        have_ix = true;
-        stored = ix.size;
-        raw = ix.raw;
-        if (src_file && (rc = actl__pack_install(s->objects, src_file, hex)))
+        r->have_ix = true;
+        r->stored = r->ix.size;
+        r->raw = r->ix.raw;
+        if (src_file && (rc = actl__pack_install(s->objects, src_file, r->hex)))
             goto out;
     }
-    /* The index is read before the transaction to keep it short. */
-    bool known = false;
-    if ((rc = pack_row_exists(s, hex, &known)))
+    if ((rc = pack_row_exists(s, r->hex, &r->known)))
         goto out;
-    if (!known && !have_ix) {
-        if (!(path = actl__pack_path(s->objects, hex))) {
+    if (!r->known && !r->have_ix) {
+        if (!path && !(path = actl__pack_path(s->objects, r->hex))) {
             rc = actl__oom();
             goto out;
         }
-        if ((rc = actl__pack_index_read(path, NULL, &ix)))
+        if ((rc = actl__pack_index_read(path, NULL, &r->ix)))
             goto out;
-        have_ix = true;
+        r->have_ix = true;
     }
+out:
+    if (rc)
+        pack_ref_free(r);
+    free(path);
+    return rc;
+}
+
+/* The one path of actl_store_add and actl__store_add_pack: check, take the gc
+ * lock, put the pack in objects/ (pack_place), then the rows. */
+static int add(actl_store *s, const actl_adapter *a, const actl_add_opts *o, const char *src_file,
+               const char *src_hex, actl_entries **out)
+{
+    int rc, lock = -1;
+    add_plan plan;
+    pack_ref r;
+    char label[LABEL_CAP] = "";
+    memset(&r, 0, sizeof r);
+    if ((rc = add_plan_make(a, o, &plan)))
+        return rc;
+    /* Held from before the pack is in objects/ until its rows commit: gc
+     * cannot take the pack for an orphan in between. */
+    if ((rc = lock_take(s, LOCK_SH, &lock)) || (rc = pack_place(s, a, src_file, src_hex, &r)))
+        goto out;
     test_pause("add");
-    rc = add_rows(s, &plan, o, hex, stored, raw, known ? NULL : &ix, label, out);
+    rc = add_rows(s, &plan, o, r.hex, r.stored, r.raw, &r, 1, NULL, label, out);
 out:
     if (rc && rc != ACTL_EEXIST && lock >= 0)
         actl__err_wrap(rc, "cannot add '%s'", label[0] ? label : o->name);
     lock_release(lock);
-    actl__pack_index_free(&ix);
+    pack_ref_free(&r);
     add_plan_free(&plan);
-    free(path);
     return rc;
 }
 
@@ -512,6 +607,375 @@ int actl__store_has_pack(actl_store *s, const char *hex)
     return has;
 }
 
+/* ---- stacks ----------------------------------------------------------- */
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The union of the members' adapted modules, sorted, as a JSON array (malloc'd). */
+static int stack_modules_json(const actl_input *in, size_t n, char **out)
+{
+    int rc = ACTL_OK;
+    size_t total = 0, k = 0;
+    json_t *arr = NULL;
+    for (size_t i = 0; i < n; i++)
+        total += actl_adapter_module_count(in[i].adapter);
+    const char **names = malloc((total ? total : 1) * sizeof *names);
+    if (!names || !(arr = json_array())) {
+        rc = actl__oom();
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < actl_adapter_module_count(in[i].adapter); j++) {
+            actl_module_info mi;
+            if ((rc = actl_adapter_module(in[i].adapter, j, &mi)))
+                goto out;
+            names[k++] = mi.name; /* lent by the adapter, which outlives this call */
+        }
+    qsort(names, k, sizeof *names, cmp_str);
+    for (size_t i = 0; i < k; i++) {
+        if (i && strcmp(names[i], names[i - 1]) == 0)
+            continue;
+        if (json_array_append_new(arr, json_string(names[i])) != 0) {
+            rc = actl__err(ACTL_EINVAL, "module name '%s' is not valid UTF-8", names[i]);
+            goto out;
+        }
+    }
+    if (!(*out = actl__json_dump(arr, -1)))
+        rc = actl__oom();
+out:
+    json_decref(arr);
+    free(names);
+    return rc;
+}
+
+/* The base model the members agree on: those that name one must all name the
+ * same; NULL when they differ or none names one. */
+static const char *stack_base(const actl_input *in, size_t n)
+{
+    const char *base = NULL;
+    for (size_t i = 0; i < n; i++) {
+        actl_adapter_info info;
+        actl_adapter_info_get(in[i].adapter, &info);
+        if (!info.base_model)
+            continue;
+        if (!base)
+            base = info.base_model;
+        else if (strcmp(base, info.base_model) != 0)
+            return NULL;
+    }
+    return base;
+}
+
+/* The packs row's sizes of hex; *known false when there is none. */
+static int pack_sizes(actl_store *s, const char *hex, bool *known, uint64_t *stored,
+                      uint64_t *raw)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = actl__db_prepare(s, "SELECT stored_bytes, raw_bytes FROM packs WHERE digest = ?",
+                              &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    *known = r == SQLITE_ROW;
+    if (r == SQLITE_ROW) {
+        *stored = (uint64_t)sqlite3_column_int64(st, 0);
+        *raw = (uint64_t)sqlite3_column_int64(st, 1);
+    } else if (r != SQLITE_DONE) {
+        rc = actl__db_err(s, r, "cannot look up a pack");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* A member's pack, under the gc lock: the one it came from when this store
+ * holds it (row and file), else its adapter's pack, written now. */
+static int member_place(actl_store *s, const actl_input *in, pack_ref *r)
+{
+    memset(r, 0, sizeof *r);
+    if (in->pack) {
+        bool known = false;
+        struct stat sb;
+        int rc = pack_sizes(s, in->pack, &known, &r->stored, &r->raw);
+        if (rc)
+            return rc;
+        char *path = actl__pack_path(s->objects, in->pack);
+        if (!path)
+            return actl__oom();
+        bool there = known && stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+        free(path);
+        if (there) {
+            memcpy(r->hex, in->pack, 65);
+            r->known = true;
+            return ACTL_OK;
+        }
+    }
+    return pack_place(s, in->adapter, NULL, NULL, r);
+}
+
+/* The recipe's list: [{"kind", "pack", "ref", "weight"}...] in order. */
+static json_t *members_json(const actl_input *in, const pack_ref *packs, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++) {
+        actl_adapter_info info;
+        actl_adapter_info_get(in[i].adapter, &info);
+        json_t *m = json_pack("{s:s, s:s, s:s, s:f}", "kind", actl_kind_name(info.kind), "pack",
+                              packs[i].hex, "ref", in[i].ref, "weight", in[i].weight);
+        if (!m || json_array_append_new(arr, m) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    return arr;
+}
+
+/* A stack row records, beside its member rows (the truth gc, verify, load and
+ * export go by):
+ *  - config: {"members": [{"kind", "pack", "ref", "weight"}...]}, the recipe
+ *    in the order the members apply;
+ *  - lineage: {"method": "stack", "inputs": [the same objects]}, always made
+ *    here (o->lineage is checked but not stored: a stack's recipe is its
+ *    lineage, with every member's pack, which a directory input lacks before
+ *    this call writes it);
+ *  - target_modules: the union of the members' modules; raw_bytes and
+ *    stored_bytes: the sums over the members (each as often as it appears);
+ *  - base_model: o->base_model, else the one the members agree on. */
+int actl_store_add_stack(actl_store *s, const actl_input *in, size_t n, const actl_add_opts *o,
+                         actl_entries **out)
+{
+    int rc = ACTL_OK, lock = -1;
+    add_plan plan;
+    pack_ref *packs = NULL;
+    json_t *members = NULL, *cfg = NULL, *lin = NULL;
+    char label[LABEL_CAP] = "", q[ACTL__QUOTE_CAP];
+    uint64_t stored = 0, raw = 0;
+    memset(&plan, 0, sizeof plan);
+    if (out)
+        *out = NULL;
+    if (!s || !o || (n && !in))
+        return actl__err(ACTL_EINVAL, "store add stack: NULL argument");
+    const char *name = o->name ? o->name : "";
+    if (n == 0)
+        return actl__err(ACTL_EINVAL, "stack '%s' has no members", name);
+    for (size_t i = 0; i < n; i++) {
+        actl_adapter_info info;
+        if (!in[i].adapter || !in[i].ref)
+            return actl__err(ACTL_EINVAL, "stack '%s': member %zu has no adapter or no ref", name,
+                             i + 1);
+        actl_adapter_info_get(in[i].adapter, &info);
+        if (!actl_kind_name(info.kind) || info.kind == ACTL_KIND_STACK)
+            return actl__err(ACTL_EINVAL, "stack '%s': member %zu '%s' has no adapter kind",
+                             name, i + 1, actl__quote(in[i].ref, q, sizeof q));
+        if (!isfinite(in[i].weight))
+            return actl__err(ACTL_EINVAL, "stack '%s': member %zu '%s': weight %g is not finite",
+                             name, i + 1, actl__quote(in[i].ref, q, sizeof q), in[i].weight);
+        if (in[i].pack && !actl__is_hex(in[i].pack, 64))
+            return actl__err(ACTL_EINVAL,
+                             "stack '%s': member %zu '%s': pack '%s' is not a SHA-256 in "
+                             "lowercase hex",
+                             name, i + 1, actl__quote(in[i].ref, q, sizeof q), in[i].pack);
+        if ((rc = actl__text_check("member reference", in[i].ref, 4096, false)))
+            return actl__err_wrap(rc, "stack '%s': member %zu", name, i + 1);
+    }
+    if ((rc = add_plan_opts(o, stack_base(in, n), &plan)))
+        return rc;
+    plan.facts.kind = actl_kind_name(ACTL_KIND_STACK);
+    if ((rc = stack_modules_json(in, n, &plan.facts.modules)))
+        goto out;
+    if (!(packs = calloc(n, sizeof *packs))) {
+        rc = actl__oom();
+        goto out;
+    }
+    /* Held from before the first member's pack is checked or written until
+     * the rows commit: gc takes none of them meanwhile. */
+    if ((rc = lock_take(s, LOCK_SH, &lock)))
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = member_place(s, &in[i], &packs[i]))) {
+            actl__err_wrap(rc, "member %zu '%s'", i + 1, actl__quote(in[i].ref, q, sizeof q));
+            goto out;
+        }
+        stored += packs[i].stored;
+        raw += packs[i].raw;
+    }
+    if (!(members = members_json(in, packs, n)) ||
+        !(cfg = json_pack("{s:O}", "members", members)) ||
+        !(lin = json_pack("{s:s, s:O}", "method", "stack", "inputs", members)) ||
+        !(plan.own_config = actl__json_dump(cfg, -1)) ||
+        !(plan.own_lineage = actl__json_dump(lin, -1))) {
+        rc = actl__oom();
+        goto out;
+    }
+    plan.facts.config = plan.own_config;
+    plan.lineage = plan.own_lineage;
+    test_pause("add");
+    rc = add_rows(s, &plan, o, NULL, stored, raw, packs, n, in, label, out);
+out:
+    if (rc && rc != ACTL_EEXIST && lock >= 0)
+        actl__err_wrap(rc, "cannot add stack '%s'", label[0] ? label : name);
+    lock_release(lock);
+    for (size_t i = 0; packs && i < n; i++)
+        pack_ref_free(&packs[i]);
+    free(packs);
+    json_decref(members);
+    json_decref(cfg);
+    json_decref(lin);
+    add_plan_free(&plan);
+    return rc;
+}
+
+void actl__stack_members_free(actl__stack_member *m, size_t n)
+{
+    for (size_t i = 0; m && i < n; i++)
+        free(m[i].ref);
+    free(m);
+}
+
+/* The member rows of the stack row id, in order. */
+static int members_of(actl_store *s, int64_t id, actl__stack_member **out, size_t *n_out)
+{
+    sqlite3_stmt *st = NULL;
+    actl__stack_member *m = NULL;
+    size_t n = 0, cap = 0;
+    *out = NULL;
+    *n_out = 0;
+    int rc = actl__db_prepare(s,
+                              "SELECT position, pack, weight, member_ref, member_kind FROM "
+                              "stack_members WHERE adapter_id = ? ORDER BY position",
+                              &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, id);
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 8;
+            actl__stack_member *m2 = realloc(m, cap * sizeof *m2);
+            if (!m2) {
+                rc = actl__oom();
+                goto out;
+            }
+            m = m2;
+        }
+        actl__stack_member *e = &m[n];
+        memset(e, 0, sizeof *e);
+        const char *pack = (const char *)sqlite3_column_text(st, 1);
+        const char *ref = (const char *)sqlite3_column_text(st, 3);
+        const char *kind = (const char *)sqlite3_column_text(st, 4);
+        e->position = sqlite3_column_int(st, 0);
+        e->weight = sqlite3_column_double(st, 2);
+        snprintf(e->pack, sizeof e->pack, "%s", pack ? pack : "");
+        if (!kind || actl_kind_parse(kind, &e->kind) != ACTL_OK)
+            e->kind = (actl_kind)0; /* verify reports it */
+        if (!(e->ref = strdup(ref ? ref : ""))) {
+            rc = actl__oom();
+            goto out;
+        }
+        n++;
+    }
+    if (r != SQLITE_DONE)
+        rc = actl__db_err(s, r, "cannot read stack members");
+out:
+    sqlite3_finalize(st);
+    if (rc) {
+        actl__stack_members_free(m, n);
+    } else {
+        *out = m;
+        *n_out = n;
+    }
+    return rc;
+}
+
+int actl__store_stack_members(actl_store *s, const char *ref, char label[ACTL__LABEL_CAP],
+                              actl__stack_member **out, size_t *n)
+{
+    int64_t id;
+    char hex[65];
+    *out = NULL;
+    *n = 0;
+    /* One read snapshot: the row and its members agree. */
+    int rc = actl__db_exec(s, "BEGIN", "cannot start a read transaction");
+    if (rc)
+        return rc;
+    if (!(rc = resolve(s, ref, &id, label, hex))) {
+        if (hex[0])
+            rc = actl__err(ACTL_EINVAL, "'%s' is not a stack", label);
+        else
+            rc = members_of(s, id, out, n);
+    }
+    actl__db_rollback(s);
+    return rc;
+}
+
+/* True when a row (an adapter's or a stack member's) names the pack hex. */
+static int pack_in_use(actl_store *s, const char *hex, bool *used)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = actl__db_prepare(s,
+                              "SELECT EXISTS (SELECT 1 FROM adapters WHERE pack = ?1) OR EXISTS "
+                              "(SELECT 1 FROM stack_members WHERE pack = ?1)",
+                              &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW)
+        *used = sqlite3_column_int(st, 0) != 0;
+    else
+        rc = actl__db_err(s, r, "cannot look up a pack");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int actl__store_load_pack(actl_store *s, const char *hex, const char *what, actl_adapter **out)
+{
+    *out = NULL;
+    if (!actl__is_hex(hex, 64))
+        return actl__err(ACTL_EINVAL, "cannot load %s: pack '%s' is not a SHA-256 digest", what,
+                         hex);
+    char *path = actl__pack_path(s->objects, hex);
+    if (!path)
+        return actl__oom();
+    /* No lock, as in actl_store_load: a pack no row names any more was taken
+     * by an rm and a gc since the caller read its row; one still named is lost. */
+    int rc = actl__pack_load(path, hex, out);
+    if (rc == ACTL_ENOTFOUND) {
+        bool used = true;
+        int urc = pack_in_use(s, hex, &used);
+        if (urc)
+            rc = urc;
+        else if (!used)
+            rc = actl__err(ACTL_ENOTFOUND, "%s was removed while being read", what);
+        else
+            actl__err_wrap(rc, "cannot load %s", what);
+    } else if (rc) {
+        actl__err_wrap(rc, "cannot load %s", what);
+    }
+    free(path);
+    return rc;
+}
+
+/* The number of members of the stack row id. */
+static int member_count(actl_store *s, int64_t id, int64_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = actl__db_prepare(s, "SELECT count(*) FROM stack_members WHERE adapter_id = ?", &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, id);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW)
+        *n = sqlite3_column_int64(st, 0);
+    else
+        rc = actl__db_err(s, r, "cannot count stack members");
+    sqlite3_finalize(st);
+    return rc;
+}
+
 /* ---- load, export, rm, tag -------------------------------------------- */
 
 int actl_store_load(actl_store *s, const char *ref, actl_adapter **out)
@@ -526,6 +990,15 @@ int actl_store_load(actl_store *s, const char *ref, actl_adapter **out)
     int rc = resolve(s, ref, &id, label, hex);
     if (rc)
         return rc;
+    if (!hex[0]) { /* only a stack has no pack (the schema's CHECK) */
+        int64_t n = 0;
+        if ((rc = member_count(s, id, &n)))
+            return rc;
+        return actl__err(ACTL_EUNSUPPORTED,
+                         "'%s' is a stack of %lld adapter%s; merge or export it, or load its "
+                         "members",
+                         label, (long long)n, n == 1 ? "" : "s");
+    }
     char *path = actl__pack_path(s->objects, hex);
     if (!path)
         return actl__oom();
@@ -550,13 +1023,234 @@ int actl_store_load(actl_store *s, const char *ref, actl_adapter **out)
     return rc;
 }
 
+/* Removes path and, when it is a directory, what it holds (never following a
+ * link); a best effort that cleans up after a failed export. */
+static void remove_tree(const char *path)
+{
+    struct stat sb;
+    if (lstat(path, &sb) != 0)
+        return;
+    if (S_ISDIR(sb.st_mode)) {
+        DIR *d = opendir(path);
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+                continue;
+            char *p = actl__path_join(path, e->d_name);
+            if (p)
+                remove_tree(p);
+            free(p);
+        }
+        if (d)
+            closedir(d);
+        (void)rmdir(path);
+    } else {
+        (void)unlink(path);
+    }
+}
+
+static bool dir_is_empty(const char *path)
+{
+    DIR *d = opendir(path);
+    struct dirent *e;
+    bool empty = d != NULL;
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            empty = false;
+            break;
+        }
+    if (d)
+        closedir(d);
+    return empty;
+}
+
+/* The member's part of its export directory's name: the last path component
+ * of its ref without an "@VERSION", in the name alphabet (anything else
+ * becomes '_'), at most 64 characters; "member" when nothing is left. */
+static void member_dir_name(const char *ref, char out[65])
+{
+    size_t end = strlen(ref);
+    while (end > 0 && ref[end - 1] == '/')
+        end--;
+    size_t start = end;
+    while (start > 0 && ref[start - 1] != '/')
+        start--;
+    const char *at = NULL;
+    for (size_t i = start; i < end; i++)
+        if (ref[i] == '@')
+            at = ref + i;
+    if (at && at + 1 < ref + end && strspn(at + 1, "0123456789") == (size_t)(ref + end - at - 1))
+        end = (size_t)(at - ref);
+    size_t o = 0;
+    for (size_t i = start; i < end && o < 64; i++) {
+        unsigned char c = (unsigned char)ref[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '-' || (c == '.' && o > 0);
+        out[o++] = ok ? (char)c : '_';
+    }
+    out[o] = '\0';
+    if (!o)
+        strcpy(out, "member");
+}
+
+static int write_text(FILE *f, const char *tmp_path, void *ctx)
+{
+    const char *text = ctx;
+    int rc = actl__fwrite_all(f, text, strlen(text), tmp_path);
+    return rc ? rc : actl__fwrite_all(f, "\n", 1, tmp_path);
+}
+
+/* Exports a stack as a directory of PEFT directories, one per member in the
+ * order they apply, DIR/<nn>-<member>/ (nn = 01, 02, ...; more digits past
+ * 99 members), and DIR/stack.json, the recipe a reader needs to apply them:
+ *   {
+ *     "format": 1,               this file's layout; a new layout, a new number
+ *     "kind": "stack",
+ *     "name": "NAME", "version": V,   the stack's catalogue entry
+ *     "base_model": "ID" or null,
+ *     "members": [               in order: apply members[0] first
+ *       {"position": 1,          1, 2, ... as in the catalogue
+ *        "dir": "01-math",       the member's PEFT directory, relative to DIR
+ *        "ref": "math@3",        what the member was when stacked (NAME@V, or the
+ *                                directory it was read from)
+ *        "kind": "lora",         the member's adapter kind
+ *        "weight": 1.0,          the weight it applies with (LoRA: delta scaled
+ *                                by it; RoAd: theta*w, alpha^w, as merge takes it)
+ *        "pack": "<64 hex>"}     the SHA-256 of the member's pack in the store
+ *     ]
+ *   }
+ * Every member is read from its pack with every digest checked; the whole
+ * tree is built in a temporary directory beside DIR and renamed, so DIR
+ * appears complete or not at all. */
+static int export_stack(actl_store *s, const char *ref, const char *dir)
+{
+    int rc;
+    actl__stack_member *m = NULL;
+    size_t n = 0;
+    char label[LABEL_CAP], sub[128], base[65];
+    actl_entries *l = NULL;
+    actl_adapter *a = NULL;
+    char *target = NULL, *parent_buf = NULL, *tmp = NULL, *path = NULL, *text = NULL;
+    json_t *arr = NULL, *doc = NULL;
+    bool made_tmp = false;
+    if ((rc = actl__store_stack_members(s, ref, label, &m, &n)) ||
+        (rc = actl_store_show(s, label, &l)))
+        goto out;
+    const actl_entry *e = actl_entries_get(l, 0);
+    if (!(target = strdup(dir)) || !(parent_buf = strdup(dir)) || !(arr = json_array())) {
+        rc = actl__oom();
+        goto out;
+    }
+    for (size_t len = strlen(target); len > 1 && target[len - 1] == '/'; len--)
+        target[len - 1] = '\0';
+    strcpy(parent_buf, target);
+    const char *parent = dirname(parent_buf);
+    if (actl__exists(target) && !(actl__is_dir(target) && dir_is_empty(target))) {
+        rc = actl__err(ACTL_EEXIST, "'%s' already exists and is not an empty directory", target);
+        goto out;
+    }
+    if (!(tmp = actl__strdup_printf("%s.tmp.XXXXXX", target))) {
+        rc = actl__oom();
+        goto out;
+    }
+    if (!mkdtemp(tmp)) {
+        rc = actl__err(ACTL_EIO, "cannot create a temporary directory for '%s': %s", target,
+                       strerror(errno));
+        goto out;
+    }
+    made_tmp = true;
+    /* mkdtemp gives 0700; an export should be as readable as any directory. */
+    mode_t um = umask(0);
+    umask(um);
+    (void)chmod(tmp, 0777 & ~um);
+    int width = 2;
+    for (size_t k = n; k >= 100; k /= 10)
+        width++;
+    for (size_t i = 0; i < n; i++) {
+        char what[LABEL_CAP + 4200], q[ACTL__QUOTE_CAP];
+        actl_adapter_info info;
+        snprintf(what, sizeof what, "'%s' member %zu '%s'", label, i + 1,
+                 actl__quote(m[i].ref, q, sizeof q));
+        member_dir_name(m[i].ref, base);
+        char num[24];
+        int len = snprintf(num, sizeof num, "%zu", i + 1);
+        snprintf(sub, sizeof sub, "%.*s%s-%s", width > len ? width - len : 0,
+                 "00000000000000000000", num, base);
+        free(path);
+        if (!(path = actl__path_join(tmp, sub))) {
+            rc = actl__oom();
+            goto out;
+        }
+        if ((rc = actl__store_load_pack(s, m[i].pack, what, &a)) ||
+            (rc = actl_adapter_save(a, path)))
+            goto out;
+        actl_adapter_info_get(a, &info);
+        actl_adapter_free(a);
+        a = NULL;
+        json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:f, s:s}", "position", (int)(i + 1), "dir",
+                              sub, "ref", m[i].ref, "kind", actl_kind_name(info.kind), "weight",
+                              m[i].weight, "pack", m[i].pack);
+        if (!o || json_array_append_new(arr, o) != 0) {
+            rc = actl__err(ACTL_EINVAL, "cannot describe member %zu of '%s' in JSON", i + 1,
+                           label);
+            goto out;
+        }
+    }
+    if (!(doc = json_pack("{s:i, s:s, s:s, s:I, s:s?, s:O}", "format", 1, "kind", "stack",
+                          "name", e->name, "version", (json_int_t)e->version, "base_model",
+                          e->base_model, "members", arr)) ||
+        !(text = actl__json_dump(doc, 2))) {
+        rc = actl__oom();
+        goto out;
+    }
+    free(path);
+    if (!(path = actl__path_join(tmp, "stack.json"))) {
+        rc = actl__oom();
+        goto out;
+    }
+    if ((rc = actl__write_atomic(path, write_text, text)))
+        goto out;
+    if (rename(tmp, target) != 0) {
+        int err = errno;
+        rc = err == ENOTEMPTY || err == EEXIST || err == ENOTDIR || err == EISDIR
+                 ? actl__err(ACTL_EEXIST, "'%s' already exists and is not an empty directory",
+                             target)
+                 : actl__err(ACTL_EIO, "cannot rename '%s' to '%s': %s", tmp, target,
+                             strerror(err));
+        goto out;
+    }
+    made_tmp = false;
+    rc = actl__fsync_dir(parent);
+out:
+    if (made_tmp)
+        remove_tree(tmp);
+    actl_adapter_free(a);
+    actl__stack_members_free(m, n);
+    actl_entries_free(l);
+    json_decref(arr);
+    json_decref(doc);
+    free(target);
+    free(parent_buf);
+    free(tmp);
+    free(path);
+    free(text);
+    return rc;
+}
+
 int actl_store_export(actl_store *s, const char *ref, const char *dir)
 {
     actl_adapter *a = NULL;
-    if (!dir)
+    int64_t id;
+    char label[LABEL_CAP], hex[65];
+    if (!s || !ref || !dir || !*dir)
         return actl__err(ACTL_EINVAL, "store export: NULL argument");
-    int rc = actl_store_load(s, ref, &a);
-    if (!rc)
+    int rc = resolve(s, ref, &id, label, hex);
+    if (rc)
+        return rc;
+    if (!hex[0]) /* a stack */
+        return export_stack(s, label, dir);
+    /* label pins the version resolved above */
+    if (!(rc = actl_store_load(s, label, &a)))
         rc = actl_adapter_save(a, dir);
     actl_adapter_free(a);
     return rc;
@@ -688,14 +1382,18 @@ static const char *pack_users(verify_ctx *v)
     if (!f)
         return "?";
     if (actl__db_prepare(v->s,
-                         "SELECT name, version, count(*) OVER () FROM adapters WHERE pack = ? "
+                         "SELECT name, version, stack, count(*) OVER () FROM "
+                         "(SELECT name, version, 0 AS stack FROM adapters WHERE pack = ?1 UNION "
+                         "SELECT a.name, a.version, 1 FROM stack_members m JOIN adapters a ON "
+                         "a.id = m.adapter_id WHERE m.pack = ?1) "
                          "ORDER BY name, version LIMIT 3",
                          &st) == ACTL_OK) {
         sqlite3_bind_text(st, 1, v->pack, -1, SQLITE_STATIC);
         while (sqlite3_step(st) == SQLITE_ROW) {
-            fprintf(f, "%s'%s@%lld'", shown ? ", " : "", sqlite3_column_text(st, 0),
-                    (long long)sqlite3_column_int64(st, 1));
-            total = sqlite3_column_int64(st, 2);
+            fprintf(f, "%s'%s@%lld'%s", shown ? ", " : "", sqlite3_column_text(st, 0),
+                    (long long)sqlite3_column_int64(st, 1),
+                    sqlite3_column_int(st, 2) ? " (a stack member)" : "");
+            total = sqlite3_column_int64(st, 3);
             shown++;
         }
         sqlite3_finalize(st);
@@ -873,11 +1571,146 @@ static int verify_pack_rows(verify_ctx *v, const actl_adapter *a)
         if (config_ok && strcmp(config, f.config) != 0)
             report_text(v, label, "config", config, f.config);
     }
-    if (r != SQLITE_DONE)
+    if (r != SQLITE_DONE) {
         rc = actl__db_err(v->s, r, "cannot read adapters");
+        goto out;
+    }
+    if (!have)
+        goto out;
+    /* Stack members naming this pack: the kind each records is the pack's. */
+    sqlite3_finalize(st);
+    if ((rc = actl__db_prepare(v->s,
+                               "SELECT a.name, a.version, m.position, m.member_ref, "
+                               "m.member_kind FROM stack_members m JOIN adapters a ON "
+                               "a.id = m.adapter_id WHERE m.pack = ? "
+                               "ORDER BY a.name, a.version, m.position",
+                               &st)))
+        goto out;
+    sqlite3_bind_text(st, 1, v->pack, -1, SQLITE_STATIC);
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        char q1[ACTL__QUOTE_CAP], q2[ACTL__QUOTE_CAP];
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        const char *ref = (const char *)sqlite3_column_text(st, 3);
+        const char *kind = (const char *)sqlite3_column_text(st, 4);
+        if (!same_text(kind, f.kind))
+            report(v, "'%s@%lld': member %lld '%s' is a '%s' in the catalogue but its pack %s "
+                      "holds a '%s' adapter",
+                   name ? name : "", (long long)sqlite3_column_int64(st, 1),
+                   (long long)sqlite3_column_int64(st, 2), actl__quote(ref ? ref : "", q1, sizeof q1),
+                   actl__quote(kind ? kind : "", q2, sizeof q2), v->pack, f.kind);
+    }
+    if (r != SQLITE_DONE)
+        rc = actl__db_err(v->s, r, "cannot read stack members");
 out:
     sqlite3_finalize(st);
     free(f.modules);
+    return rc;
+}
+
+/* One stack row's members (a JSON-free check: what gc, load and export rely
+ * on): at least one, positions 1..n, a known kind other than a stack, a
+ * finite weight, a pack with a row; and the row's sizes equal the sums over
+ * its members' packs. The packs themselves are re-hashed by verify_packs. */
+static int verify_stack(verify_ctx *v, sqlite3_stmt *members, int64_t id, const char *label,
+                        int64_t raw_row, int64_t stored_row)
+{
+    char q1[ACTL__QUOTE_CAP], q2[ACTL__QUOTE_CAP];
+    int64_t n = 0, raw = 0, stored = 0;
+    bool sizes_known = true;
+    int r;
+    sqlite3_reset(members);
+    sqlite3_bind_int64(members, 1, id);
+    while ((r = sqlite3_step(members)) == SQLITE_ROW) {
+        int64_t pos = sqlite3_column_int64(members, 0);
+        const char *pack = (const char *)sqlite3_column_text(members, 1);
+        double w = sqlite3_column_double(members, 2);
+        const char *ref = (const char *)sqlite3_column_text(members, 3);
+        const char *kind = (const char *)sqlite3_column_text(members, 4);
+        actl_kind k;
+        n++;
+        actl__quote(ref ? ref : "", q1, sizeof q1);
+        if (pos != n)
+            report(v, "'%s': member '%s' is at position %lld, expected %lld", label, q1,
+                   (long long)pos, (long long)n);
+        if (!kind || actl_kind_parse(kind, &k) != ACTL_OK || k == ACTL_KIND_STACK)
+            report(v, "'%s': member %lld '%s' has kind '%s', not an adapter kind", label,
+                   (long long)n, q1, actl__quote(kind ? kind : "", q2, sizeof q2));
+        if (sqlite3_column_type(members, 2) != SQLITE_FLOAT &&
+            sqlite3_column_type(members, 2) != SQLITE_INTEGER)
+            report(v, "'%s': member %lld '%s' has no numeric weight", label, (long long)n, q1);
+        else if (!isfinite(w))
+            report(v, "'%s': member %lld '%s' has weight %g, not a finite number", label,
+                   (long long)n, q1, w);
+        if (sqlite3_column_type(members, 5) == SQLITE_NULL) {
+            report(v, "'%s': member %lld '%s': pack %s has no row in the catalogue", label,
+                   (long long)n, q1, pack ? pack : "");
+            sizes_known = false;
+        } else {
+            raw += sqlite3_column_int64(members, 5);
+            stored += sqlite3_column_int64(members, 6);
+        }
+    }
+    sqlite3_reset(members);
+    if (r != SQLITE_DONE)
+        return actl__db_err(v->s, r, "cannot read stack members");
+    if (n == 0)
+        report(v, "'%s': a stack without members", label);
+    if (sizes_known && raw != raw_row)
+        report(v, "'%s': raw size %lld, but its members' packs hold %lld bytes of tensors",
+               label, (long long)raw_row, (long long)raw);
+    if (sizes_known && stored != stored_row)
+        report(v, "'%s': stored size %lld, but its members' packs are %lld bytes", label,
+               (long long)stored_row, (long long)stored);
+    return ACTL_OK;
+}
+
+/* Stack rows (their JSON columns and members), and every row's lineage,
+ * which show embeds as an object. */
+static int verify_stacks_and_lineage(verify_ctx *v)
+{
+    sqlite3_stmt *st = NULL, *members = NULL;
+    int rc = actl__db_prepare(v->s,
+                              "SELECT id, name, version, kind, raw_bytes, stored_bytes, "
+                              "target_modules, config, lineage FROM adapters "
+                              "WHERE kind = 'stack' OR lineage IS NOT NULL ORDER BY name, version",
+                              &st);
+    if (rc)
+        return rc;
+    if ((rc = actl__db_prepare(v->s,
+                               "SELECT m.position, m.pack, m.weight, m.member_ref, m.member_kind, "
+                               "p.raw_bytes, p.stored_bytes FROM stack_members m LEFT JOIN packs "
+                               "p ON p.digest = m.pack WHERE m.adapter_id = ? ORDER BY m.position",
+                               &members)))
+        goto out;
+    int r = SQLITE_DONE;
+    while (!rc && (r = sqlite3_step(st)) == SQLITE_ROW) {
+        char label[LABEL_CAP];
+        const char *name = (const char *)sqlite3_column_text(st, 1);
+        const char *kind = (const char *)sqlite3_column_text(st, 3);
+        const char *lineage = (const char *)sqlite3_column_text(st, 8);
+        snprintf(label, sizeof label, "%s@%lld", name ? name : "",
+                 (long long)sqlite3_column_int64(st, 2));
+        if (lineage) {
+            json_t *j = NULL;
+            if (actl__json_parse(lineage, strlen(lineage), "lineage", &j) != ACTL_OK)
+                report(v, "'%s': column lineage is not valid JSON: %s", label, actl_errmsg());
+            else if (!json_is_object(j))
+                report(v, "'%s': column lineage is not a JSON object", label);
+            json_decref(j);
+        }
+        if (!kind || strcmp(kind, "stack") != 0)
+            continue;
+        (void)json_column_ok(v, label, "target_modules",
+                             (const char *)sqlite3_column_text(st, 6));
+        (void)json_column_ok(v, label, "config", (const char *)sqlite3_column_text(st, 7));
+        rc = verify_stack(v, members, sqlite3_column_int64(st, 0), label,
+                          sqlite3_column_int64(st, 4), sqlite3_column_int64(st, 5));
+    }
+    if (!rc && r != SQLITE_DONE)
+        rc = actl__db_err(v->s, r, "cannot read adapters");
+out:
+    sqlite3_finalize(st);
+    sqlite3_finalize(members);
     return rc;
 }
 
@@ -889,7 +1722,9 @@ static int verify_packs(verify_ctx *v)
     /* Packs no row names are gc's business, not problems. */
     int rc = actl__db_prepare(v->s,
                               "SELECT digest, stored_bytes, raw_bytes FROM packs p WHERE EXISTS "
-                              "(SELECT 1 FROM adapters a WHERE a.pack = p.digest) ORDER BY digest",
+                              "(SELECT 1 FROM adapters a WHERE a.pack = p.digest) OR EXISTS "
+                              "(SELECT 1 FROM stack_members m WHERE m.pack = p.digest) "
+                              "ORDER BY digest",
                               &st);
     if (rc)
         return rc;
@@ -948,9 +1783,9 @@ static int verify_rows(verify_ctx *v)
     int rc = actl__db_prepare(v->s,
                               "SELECT a.name, a.version, a.pack, a.stored_bytes, a.raw_bytes, "
                               "p.stored_bytes, p.raw_bytes FROM adapters a "
-                              "LEFT JOIN packs p ON p.digest = a.pack "
-                              "WHERE p.digest IS NULL OR a.stored_bytes != p.stored_bytes "
-                              "OR a.raw_bytes != p.raw_bytes ORDER BY a.name, a.version",
+                              "LEFT JOIN packs p ON p.digest = a.pack WHERE a.pack IS NOT NULL "
+                              "AND (p.digest IS NULL OR a.stored_bytes != p.stored_bytes "
+                              "OR a.raw_bytes != p.raw_bytes) ORDER BY a.name, a.version",
                               &st);
     if (rc)
         return rc;
@@ -1038,7 +1873,7 @@ int actl_store_verify(actl_store *s, actl_problem_fn fn, void *ctx, size_t *prob
         goto out;
     if (!(rc = verify_sqlite(&v))) {
         test_pause("verify"); /* the snapshot is taken by the first read */
-        if (!(rc = verify_rows(&v)))
+        if (!(rc = verify_rows(&v)) && !(rc = verify_stacks_and_lineage(&v)))
             rc = verify_packs(&v);
     }
     actl__db_rollback(s);
@@ -1196,9 +2031,12 @@ int actl_store_gc(actl_store *s, actl_gc_result *out)
      * which the scan below (now or next time) removes. */
     if ((rc = actl__db_begin(s)))
         goto out;
+    /* A stack's member packs stay for as long as the stack does, even when
+     * the adapters they came from are removed. */
     rc = actl__db_exec(s,
                        "DELETE FROM packs WHERE NOT EXISTS "
-                       "(SELECT 1 FROM adapters a WHERE a.pack = packs.digest)",
+                       "(SELECT 1 FROM adapters a WHERE a.pack = packs.digest) AND NOT EXISTS "
+                       "(SELECT 1 FROM stack_members m WHERE m.pack = packs.digest)",
                        "cannot remove unreferenced packs");
     if (rc) {
         actl__db_rollback(s);

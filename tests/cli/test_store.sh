@@ -112,7 +112,7 @@ def cmd_entry(doc, src, store, name, version, tags, desc, t0, t1):
         return
     keys = ["name", "version", "kind", "base_model", "rank", "variant", "group_size",
             "target_modules", "config", "raw_bytes", "stored_bytes", "pack", "source",
-            "description", "created", "created_unix", "tags"]
+            "description", "created", "created_unix", "lineage", "tags"]
     if list(e) != keys:
         print("keys", list(e))
     cfg = load(os.path.join(src, "adapter_config.json"))
@@ -130,6 +130,7 @@ def cmd_entry(doc, src, store, name, version, tags, desc, t0, t1):
         "raw_bytes": sum(len(t[2]) for t in ts.values()),
         "source": os.path.realpath(src),
         "description": desc or None,
+        "lineage": None,
         "tags": json.loads(tags),
     }
     for k, v in want.items():
@@ -661,7 +662,7 @@ else fail "a C1 control in --desc is refused" "exit $rc"; fi
 check_has "a C1 control in --desc is named" "control character" "$err"
 st list --kind bogus
 check_rc "list --kind bogus exits 2" 2
-check_has "list --kind bogus names the kinds" "unknown kind 'bogus' (lora, road, bottleneck, mos)" "$err"
+check_has "list --kind bogus names the kinds" "unknown kind 'bogus' (lora, road, bottleneck, mos, stack)" "$err"
 
 # A crafted catalogue with a kind this build does not know: list and show
 # print "?" (never "(null)" or a crash), verify names the row.
