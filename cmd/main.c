@@ -22,6 +22,7 @@
     X(rm, "remove a stored adapter version (its pack goes at the next gc)")         \
     X(tag, "set or remove tags of a stored adapter")                                \
     X(export, "write a stored adapter out as a PEFT directory")                     \
+    X(merge, "fold adapters into a base checkpoint, or take them back out")         \
     X(pull, "download an adapter from a URL, hf:// or a published store, verified") \
     X(publish, "write stored adapters as a static tree any HTTP server can serve")  \
     X(verify, "re-hash every pack and check every catalogue row")                   \
