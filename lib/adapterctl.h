@@ -497,7 +497,10 @@ int actl_store_show(actl_store *s, const char *ref, actl_entries **out);
 /* Loads ref's adapter from its pack, checking every tensor's SHA-256
  * (ACTL_ECORRUPT naming the pack and tensor on a mismatch). */
 int actl_store_load(actl_store *s, const char *ref, actl_adapter **out);
-/* actl_store_load + actl_adapter_save. */
+/* actl_store_load + actl_adapter_save. A stack is written as one PEFT
+ * directory per member, DIR/01-<name>/, DIR/02-<name>/, ..., plus
+ * DIR/stack.json, the recipe (members in order with weight, kind, directory
+ * and pack). */
 int actl_store_export(actl_store *s, const char *ref, const char *dir);
 /* Removes ref's rows (the pack stays until actl_store_gc). */
 int actl_store_rm(actl_store *s, const char *ref);
@@ -655,8 +658,10 @@ typedef struct actl_merge_result {
  * writes a checkpoint directory out_dir of the same layout: the same
  * shard files (index rewritten when sizes change), config.json, tokenizer
  * and every other regular file copied. Each input applies with its weight:
- * LoRA/MoS scale the delta by W (DoRA: W scales the delta before the row
- * norms), RoAd takes theta*W and alpha^W. Computes in fp32 and rounds once.
+ * LoRA/MoS scale the delta by W; DoRA gives W' = ((1-W) + W m/|V|_row) V
+ * with V = Wb + W s B A (the adapter at W = 1, the base at W = 0); RoAd
+ * takes theta*W and alpha^W; a whole tensor the adapter carries
+ * (modules_to_save) gives (1-W) Wb + W S. Computes in fp32 and rounds once.
  * Streams: one tensor at a time from the mapped base, pages released
  * behind. out_dir must not exist; it appears complete (rename of a
  * temporary sibling) or not at all. Refuses, writing nothing:

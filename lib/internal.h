@@ -655,4 +655,15 @@ int actl__store_publish(actl_store *s, const char *dir, const char *const *refs,
 
 /* ==== end of the streaming section (issue 4) ============================== */
 
+/* ==== compose.c (issue 5; owner: compose) ================================ */
+
+/* Pruned-delta methods (ties, dare_*, magnitude_prune): a module whose
+ * min(out, in) is at most this takes the full SVD (LAPACK dgesdd); a larger
+ * one the randomized range finder. Default 512. Benchmarks and tests raise
+ * it to time or check the full SVD on the same module; not to be changed
+ * while compose calls run. */
+extern int64_t actl__compose_exact_dim;
+
+/* ==== end of the compose section ========================================== */
+
 #endif /* ACTL_INTERNAL_H */
