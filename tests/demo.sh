@@ -13,6 +13,12 @@
 # and ends with the same demo entries; their packs are shared with the
 # previous run's (identical adds share one pack), so the store does not grow.
 #
+# Last, compose and merge: two LoRA adapters concatenated (exact) and
+# truncated by SVD (with its error), a stack of a RoAd adapter over the
+# concatenation, and that stack merged into a base checkpoint (the real
+# hf-tiny-random-llama-2 from ../shared/data when it is there, else the
+# tiny fixture base with the fixtures made for it) and taken out again.
+#
 #   bash tests/demo.sh [path/to/adapterctl]      (from the repository root)
 set -euo pipefail
 BIN=${1:-build/adapterctl}
@@ -48,7 +54,13 @@ demo_adapters=(
     "demo-lora-1mb       -                   task=math   user=dave"
 )
 
+# What the compose part below makes.
+demo_composed=(demo-cat demo-svd demo-stack)
+
 # Every version of the demo's names, and nothing else.
+for name in "${demo_composed[@]}"; do
+    while "$BIN" -q rm "$name" >/dev/null 2>&1; do :; done
+done
 for line in "${demo_adapters[@]}"; do
     read -r name _ <<<"$line"
     while "$BIN" -q rm "$name" >/dev/null 2>&1; do :; done
@@ -182,3 +194,59 @@ show_run --store "$TMP/store2" show demo-lora-1mb
 # The index is revalidated (over file://, read again); the pack is here already.
 show_run --store "$TMP/store2" pull "$URL" demo-lora-1mb
 show_run --store "$TMP/store2" verify
+
+say "compose: new adapters from stored ones, each with its lineage"
+show_run compose --method cat --out demo-cat demo-lora demo-lora-patterns:0.5
+show_run compose --method svd --rank 2 --out demo-svd demo-lora demo-lora-patterns:0.5
+show_run compose --method stack --out demo-stack demo-road-1 demo-cat
+show_run show demo-svd
+
+say "merge: fold the stack into a base checkpoint, then take it back out"
+HF=../shared/data/hf-tiny-random-llama-2
+if [ -f "$HF/model.safetensors" ]; then
+    BASE=$HF
+    INPUTS=(demo-stack)
+    # Its config.json names the model it was made from (meta-llama/Llama-2-7b-hf),
+    # the adapters the tiny model's hub name: --force says we know they fit.
+    FORCE=(--force)
+    # BF16 weights: merged into F32 and unmerged back to BF16, the base comes
+    # back to the bit (merged in BF16, the base's low bits would be rounded away
+    # wherever the delta is larger than the weight).
+    UP=(--dtype f32)
+    DOWN=(--dtype bf16)
+else
+    echo "($HF is absent: merging the fixture adapters made for fixtures/base-tiny instead)"
+    BASE=fixtures/base-tiny
+    INPUTS=(fixtures/adapters/base-tiny/road-1 fixtures/adapters/base-tiny/lora:0.5)
+    FORCE=()
+    UP=()
+    DOWN=()
+fi
+show_run merge "${FORCE[@]}" "${UP[@]}" --base "$BASE" --out "$TMP/merged" "${INPUTS[@]}"
+show_run merge "${FORCE[@]}" "${DOWN[@]}" --unmerge --base "$TMP/merged" --out "$TMP/restored" \
+    "${INPUTS[@]}"
+python3 - "$BASE" "$TMP/merged" "$TMP/restored" <<'EOF2'
+import glob, json, os, struct, sys
+def tensors(d):
+    out = {}
+    for f in sorted(glob.glob(os.path.join(d, "*.safetensors"))):
+        b = open(f, "rb").read()
+        n = struct.unpack("<Q", b[:8])[0]
+        h = json.loads(b[8:8 + n]); h.pop("__metadata__", None)
+        for k, e in h.items():
+            raw = b[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]]
+            if e["dtype"] == "F32":
+                v = list(struct.unpack("<%df" % (len(raw) // 4), raw))
+            elif e["dtype"] == "BF16":
+                v = [struct.unpack("<f", b"\0\0" + raw[i:i + 2])[0] for i in range(0, len(raw), 2)]
+            else:
+                continue
+            out[k] = v
+    return out
+base, merged, restored = (tensors(d) for d in sys.argv[1:4])
+changed = [k for k in base if base[k] != merged[k]]
+worst = max(abs(a - b) / (max(abs(x) for x in base[k]) or 1)
+            for k in changed for a, b in zip(base[k], restored[k]))
+print("  %d of %d tensors changed by the merge; after --unmerge the largest difference from the"
+      " base is %.2g of its tensor's largest value" % (len(changed), len(base), worst))
+EOF2
