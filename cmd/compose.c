@@ -84,14 +84,17 @@ static void print_added(const actl_entry *e, size_t n_inputs, actl_compose_metho
            cmd_human_size(e->stored_bytes, stored, sizeof stored),
            cmd_ratio_str(e->raw_bytes, e->stored_bytes, ratio, sizeof ratio),
            e->pack ? e->pack : "-");
+    /* exact is the report's word (svd is exact only when nothing was cut) */
+    int exact = actl_compose_report_exact(rep) ||
+                 (is_svd_method(m) && actl_compose_report_overall(rep) == 0);
     if (is_svd_method(m))
-        printf("%s of %zu input%s: relative error %.3g overall, over %zu module%s\n",
+        printf("%s of %zu input%s: %s, relative error %.3g overall, over %zu module%s\n",
                actl_compose_method_name(m), n_inputs, n_inputs == 1 ? "" : "s",
-               actl_compose_report_overall(rep), actl_compose_report_count(rep),
-               actl_compose_report_count(rep) == 1 ? "" : "s");
+               exact ? "exact" : "inexact", actl_compose_report_overall(rep),
+               actl_compose_report_count(rep), actl_compose_report_count(rep) == 1 ? "" : "s");
     else
         printf("%s of %zu input%s: %s\n", actl_compose_method_name(m), n_inputs,
-               n_inputs == 1 ? "" : "s", actl_compose_report_exact(rep) ? "exact" : "inexact");
+               n_inputs == 1 ? "" : "s", exact ? "exact" : "inexact");
 }
 
 /* The entry object plus, for the SVD methods, "error". */
@@ -252,7 +255,7 @@ int cmd_compose(int argc, char **argv, struct cmd_ctx *ctx)
             goto out;
         }
         if (!(lineage = actl_compose_lineage(items, n, &co, rep))) {
-            cmd_error("out of memory");
+            cmd_error("cannot record the lineage of '%s': %s", out_name, actl_errmsg());
             goto out;
         }
         ao.lineage = lineage;
@@ -271,7 +274,7 @@ int cmd_compose(int argc, char **argv, struct cmd_ctx *ctx)
     if (method == ACTL_COMPOSE_LINEAR)
         cmd_error("warning: '%s' is inexact: linear mixes the factors (PEFT's \"linear\"), so "
                   "its delta differs from the weighted sum of the inputs' deltas by %.3g "
-                  "(relative); cat and svd are exact",
+                  "(relative); cat is exact, and so is svd at full rank",
                   out_name, actl_compose_report_overall(rep));
     if (ctx->json) {
         rc = cmd_print_json(added_json(e, method, rep));

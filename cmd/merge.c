@@ -5,6 +5,7 @@
  */
 #include "cmd.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -26,11 +27,51 @@ static const char *const merge_usage[] = {
     "files, config, tokenizer and other files; it appears whole or not at all.",
     "--unmerge takes the adapters back out (in reverse order). Bottleneck",
     "adapters, DoRA unmerges and adapters made for another base (unless",
-    "--force) are refused. With --json: {\"out\", \"base\", \"unmerge\", \"dtype\",",
+    "--force) are refused, as are adapters on the embeddings or output head of a",
+    "base that ties them (unless --force), and merges whose results would not be",
+    "finite. SIGINT, SIGTERM or SIGHUP stops the merge and removes what it wrote",
+    "(exit status 1). With --json: {\"out\", \"base\", \"unmerge\", \"dtype\",",
     "\"tensors_merged\", \"tensors_copied\", \"files_copied\", \"bytes\", \"seconds\",",
     "\"inputs\": [{\"ref\", \"weight\", \"pack\"}]}.",
     NULL,
 };
+
+/* The signal that interrupted the merge, 0 until one does: actl_merge polls
+ * it (actl_merge_opts.cancel), stops and removes its temporary directory. */
+static volatile sig_atomic_t interrupted_by;
+
+_Static_assert(sizeof(sig_atomic_t) == sizeof(int), "actl_merge_opts.cancel reads an int");
+
+static void on_signal(int sig)
+{
+    interrupted_by = sig;
+}
+
+static const int merge_signals[] = {SIGINT, SIGTERM, SIGHUP};
+#define N_MERGE_SIGNALS (sizeof merge_signals / sizeof merge_signals[0])
+
+/* SIGINT, SIGTERM and SIGHUP set interrupted_by instead of killing the
+ * process, which would leave a full-size temporary directory behind; the
+ * previous actions are kept in old to be put back. A signal the caller
+ * ignores stays ignored (nohup, a shell's background job). */
+static void catch_signals(struct sigaction old[N_MERGE_SIGNALS])
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    interrupted_by = 0;
+    for (size_t i = 0; i < N_MERGE_SIGNALS; i++)
+        if (sigaction(merge_signals[i], NULL, &old[i]) == 0 && old[i].sa_handler != SIG_IGN)
+            sigaction(merge_signals[i], &sa, NULL);
+}
+
+static void restore_signals(const struct sigaction old[N_MERGE_SIGNALS])
+{
+    for (size_t i = 0; i < N_MERGE_SIGNALS; i++)
+        sigaction(merge_signals[i], &old[i], NULL);
+}
 
 static double seconds_now(void)
 {
@@ -176,11 +217,23 @@ int cmd_merge(int argc, char **argv, struct cmd_ctx *ctx)
     }
     actl_merge_result r;
     memset(&r, 0, sizeof r);
+    struct sigaction old[N_MERGE_SIGNALS];
+    catch_signals(old);
+    /* sig_atomic_t is int on the platforms we build for */
+    o.cancel = (const volatile int *)&interrupted_by;
     double t0 = seconds_now();
     int lrc = actl_merge(base, out, in, n, &o, &r);
     double secs = seconds_now() - t0;
+    restore_signals(old);
     cmd_progress_end(&bar);
-    rc = lrc == ACTL_OK ? print_result(ctx, base, out, &o, in, n, &r, secs) : cmd_lib_error(lrc);
+    if (lrc != ACTL_OK && interrupted_by) {
+        /* exit status 1 like any failed merge; the message names the signal */
+        cmd_error("%s: %s", strsignal(interrupted_by), actl_errmsg());
+        rc = CMD_FAIL;
+    } else {
+        rc = lrc == ACTL_OK ? print_result(ctx, base, out, &o, in, n, &r, secs)
+                            : cmd_lib_error(lrc);
+    }
 out:
     actl_inputs_free(list);
     actl_store_close(s);

@@ -197,9 +197,31 @@ static const char *dims(char *buf, size_t n, int64_t rows, int64_t cols)
     return buf;
 }
 
+bool actl__module_stores_in_out(const char *model_type, const char *module)
+{
+    /* transformers builds these model types' attention and MLP projections
+     * from pytorch_utils.Conv1D; their lm_head and score heads stay nn.Linear */
+    static const char *const conv1d_types[] = {"gpt2", "openai-gpt", "decision_transformer",
+                                               "imagegpt", NULL};
+    static const char *const conv1d_layers[] = {"c_attn", "c_proj", "c_fc", "q_attn", NULL};
+    if (!model_type || !module)
+        return false;
+    bool family = false;
+    for (size_t i = 0; !family && conv1d_types[i]; i++)
+        family = !strcmp(model_type, conv1d_types[i]);
+    if (!family)
+        return false;
+    const char *dot = strrchr(module, '.');
+    const char *last = dot ? dot + 1 : module;
+    for (size_t i = 0; conv1d_layers[i]; i++)
+        if (!strcmp(last, conv1d_layers[i]))
+            return true;
+    return false;
+}
+
 /* The base weight [rows, cols] this module needs (0: any), then the check. */
 static int validate_module(const actl_adapter *a, const actl__module *m, int64_t rows,
-                           int64_t cols)
+                           int64_t cols, const char *model_type)
 {
     const actl_module_info *mi = &m->info;
     char want[64], have[64];
@@ -210,8 +232,9 @@ static int validate_module(const actl_adapter *a, const actl__module *m, int64_t
             /* embedding table [vocab, dim]: A [r, vocab], B [dim, r] */
             need_rows = mi->in_features;
             need_cols = mi->out_features;
-        } else if (a->info.fan_in_fan_out) {
-            /* the base stores [in, out] (GPT-2 Conv1D) */
+        } else if (actl__module_stores_in_out(model_type, mi->name)) {
+            /* a Conv1D layer stores [in, out]; like PEFT, the layer's type
+             * decides, not the adapter's fan_in_fan_out (which PEFT resets) */
             need_rows = mi->in_features;
             need_cols = mi->out_features;
         } else {
@@ -273,6 +296,12 @@ static int validate_module(const actl_adapter *a, const actl__module *m, int64_t
 
 int actl_adapter_validate(const actl_adapter *a, const actl_base *base)
 {
+    return actl__adapter_validate_for(a, base, NULL);
+}
+
+int actl__adapter_validate_for(const actl_adapter *a, const actl_base *base,
+                               const char *model_type)
+{
     int rc = ACTL_OK;
     if (!a || !base)
         return actl__err(ACTL_EINVAL, "adapter validate: NULL argument");
@@ -285,7 +314,7 @@ int actl_adapter_validate(const actl_adapter *a, const actl_base *base)
                            a->origin, m->info.name, id ? " '" : "", id ? id : "", id ? "'" : "");
             break;
         }
-        rc = validate_module(a, m, rows, cols);
+        rc = validate_module(a, m, rows, cols, model_type);
     }
     return rc;
 }

@@ -380,8 +380,10 @@ const actl_tensor *actl_adapter_tensor(const actl_adapter *a, size_t i);
 const actl_tensor *actl_adapter_find(const actl_adapter *a, const char *key);
 
 /* Checks that every module exists in the base with a shape the adapter
- * fits (LoRA A [r, in] and B [out, r] against the base's [out, in], or
- * [in, out] with fan_in_fan_out; RoAd lengths and group divisibility against
+ * fits (LoRA A [r, in] and B [out, r] against the base's [out, in]: the
+ * layers are taken as nn.Linear, which makes PEFT ignore fan_in_fan_out;
+ * actl_merge reads config.json's model_type and takes GPT-2's Conv1D
+ * layers as [in, out]; RoAd lengths and group divisibility against
  * out; bottleneck widths per placement; embeddings against [vocab, dim]).
  * ACTL_ENOTFOUND / ACTL_ESHAPE with a message naming the module. */
 int actl_adapter_validate(const actl_adapter *a, const actl_base *base);
@@ -644,6 +646,12 @@ typedef struct actl_merge_opts {
     int threads;    /* worker threads; 0: the number of online CPUs */
     actl_progress_fn progress; /* bytes of tensors written of the total, or NULL */
     void *progress_ctx;
+    /* NULL, or a flag the merge polls between row blocks and copy chunks:
+     * once *cancel is non-zero (a signal handler may set it: on Linux a
+     * volatile sig_atomic_t is this int), the merge stops, removes its
+     * temporary directory and returns ACTL_EIO "merge ... interrupted",
+     * writing nothing. */
+    const volatile int *cancel;
 } actl_merge_opts;
 actl_merge_opts actl_merge_default_opts(void);
 
@@ -670,7 +678,15 @@ typedef struct actl_merge_result {
  * not divide (ACTL_ESHAPE), a recorded base model that differs from the
  * base's config "_name_or_path" (ACTL_EINVAL, unless force), DoRA with
  * unmerge (ACTL_EUNSUPPORTED), a near-singular RoAd pair on unmerge
- * (ACTL_EINVAL). out may be NULL. */
+ * (ACTL_EINVAL), an adapter tensor holding Inf or NaN, a weight whose
+ * LoRA w*s or RoAd coefficients are not finite in float, an adapter on
+ * the embeddings or output head of a base whose config ties them
+ * (tie_word_embeddings; ACTL_EINVAL, unless force). A base element that
+ * was finite and is not after the ops or after rounding to the output
+ * dtype fails the merge (ACTL_EINVAL naming the tensor; nothing written).
+ * LoRA deltas are laid out as PEFT does: [in, out] on the Conv1D layers
+ * of GPT-2 family bases (config.json's model_type), [out, in] elsewhere,
+ * whatever the adapter's fan_in_fan_out says. out may be NULL. */
 int actl_merge(const char *base_dir, const char *out_dir, const actl_input *in, size_t n,
                const actl_merge_opts *o, actl_merge_result *out);
 
@@ -725,9 +741,13 @@ int actl_compose(const actl_input *in, size_t n, const actl_compose_opts *o,
                  actl_adapter **out, actl_compose_report **report);
 
 /* The lineage JSON object text for a composed entry: {"method", "inputs":
- * [{"ref", "pack", "weight"}...], "options": {"rank", "density", "seed"},
- * "exact", "error": {"overall", "modules": {name: rel}}} (error only for
- * the SVD methods). malloc'd; NULL on OOM. */
+ * [{"ref", "pack", "weight"}...], "options": {...}, "exact", "error":
+ * {"overall", "modules": {name: rel}}} (error only for the SVD-based
+ * methods). "options" holds only what the method uses: "rank" (svd and the
+ * pruning methods; the largest rank of the result, with "rank_default":
+ * true, when none was asked), "density" (pruning methods), "seed" (dare_*).
+ * malloc'd; NULL with a message (out of memory, or a value JSON cannot
+ * hold). */
 char *actl_compose_lineage(const actl_input *in, size_t n, const actl_compose_opts *o,
                            const actl_compose_report *report);
 
@@ -736,7 +756,8 @@ char *actl_compose_lineage(const actl_input *in, size_t n, const actl_compose_op
  * one. The entry's kind is ACTL_KIND_STACK, its pack NULL, its lineage the
  * recipe; its member packs stay alive (gc keeps them) for as long as it
  * exists. actl_inputs_add expands it again; actl_store_load refuses it
- * (ACTL_EUNSUPPORTED, saying it is a stack). */
+ * (ACTL_EUNSUPPORTED, saying it is a stack). Members naming different base
+ * models: ACTL_EINVAL, unless o->base_model is given (the caller asserts it). */
 int actl_store_add_stack(actl_store *s, const actl_input *in, size_t n, const actl_add_opts *o,
                          actl_entries **out);
 

@@ -79,10 +79,18 @@
  *    bit for bit, where converting road_4 to road_2 would round.
  *  - one group_size for all inputs (the config holds one).
  * For every method: the inputs' base models (base_model_name_or_path) must
- * agree where given; modules are the union of the inputs'; tensors pass
- * through (modules_to_save, trained base biases) are copied unweighted, and
- * two inputs holding the same key with different bytes are refused; results
- * are F32.
+ * agree where given; modules are the union of the inputs'; tensors passed
+ * through (modules_to_save, trained base biases) are copied as they are, so an
+ * input carrying one must have weight 1 (merge blends them as (1-w) W + w S,
+ * which needs the base), and two inputs holding the same key with different
+ * bytes are refused; a result value that is not finite in fp32 (weights too
+ * large) is refused; results are F32.
+ * Lineage (actl_compose_lineage): "options" holds only what the method uses:
+ * nothing for cat, linear, sequential, union; "rank" for svd; "rank" and
+ * "density" for ties and magnitude_prune; "rank", "density" and "seed" for
+ * dare_*. "rank" is --rank when given; otherwise the largest rank the result
+ * has (from the report; absent without one), with "rank_default": true.
+ * rank_pattern/alpha_pattern keys: see pattern_key.
  */
 #include "internal.h"
 
@@ -167,6 +175,7 @@ struct actl_compose_report {
     int exact;
     uint64_t seed;  /* the DARE stream's seed, when has_seed */
     int has_seed;
+    int max_rank;   /* LoRA methods: the largest rank of a result module */
 };
 
 static actl_compose_report *report_new(actl_compose_method m)
@@ -192,6 +201,13 @@ void actl_compose_report_free(actl_compose_report *r)
 
 static int report_add(actl_compose_report *r, const char *name, double disc2, double norm2)
 {
+    /* an error of Inf/Inf is no error at all; the factors may fit fp32 while
+     * the squared norms of fp64 do not */
+    if (!isfinite(disc2) || !isfinite(norm2))
+        return actl__err(ACTL_EINVAL,
+                         "compose %s: module '%s': its error cannot be measured (the squared "
+                         "norm overflows): the weights are too large",
+                         actl_compose_method_name(r->method), name);
     if (r->n == r->cap) {
         size_t cap = r->cap ? 2 * r->cap : 16;
         char **names = realloc(r->names, cap * sizeof *names);
@@ -353,8 +369,20 @@ static int push_tensor(job *j, const char *module, const char *suffix, int ndim,
     if ((rc = actl_tensor_new(name, ACTL_F32, ndim, shape, NULL, &t)))
         goto out;
     float *f = t->data;
-    for (int64_t i = 0; i < t->numel; i++)
+    for (int64_t i = 0; i < t->numel; i++) {
         f[i] = (float)src[i];
+        /* huge finite weights overflow fp64 sums or the fp32 result: a result
+         * of infinities is no adapter, whatever the method */
+        if (!isfinite(f[i])) {
+            rc = actl__err(ACTL_EINVAL,
+                           "compose %s: module '%s': tensor '%s' would hold %s at element %lld: "
+                           "the weights are too large", method_names[j->method], module, name,
+                           isnan(src[i]) ? "NaN" : "a value beyond the float32 range",
+                           (long long)i);
+            actl_tensor_free(t);
+            goto out;
+        }
+    }
     j->out[j->nout++] = t;
 out:
     free(name);
@@ -1156,6 +1184,8 @@ static int lora_module(job *j, size_t mi, const part *ps, size_t np)
         (rc = report_add(j->rep, name, disc2, norm2)))
         goto out;
     j->ranks[mi] = (int)k;
+    if ((int)k > j->rep->max_rank)
+        j->rep->max_rank = (int)k;
 out:
     for (size_t p = 0; A && B && T && p < np; p++) {
         free(A[p]);
@@ -1599,7 +1629,39 @@ static bool module_holds(const actl__module *m, const actl_tensor *t)
            t == m->pool_b;
 }
 
-/* Copies the tensors no module holds (modules_to_save, trained base biases).
+/* A tensor of a that no module holds: a module saved whole (modules_to_save)
+ * or a trained base bias. */
+static bool is_passthrough(const actl_adapter *a, const actl_tensor *x)
+{
+    for (size_t m = 0; m < a->n_modules; m++)
+        if (module_holds(&a->modules[m], x))
+            return false;
+    return true;
+}
+
+/* Merge applies a tensor saved whole as (1 - w) W + w S, which depends on the
+ * base W a composed adapter cannot know; copying S as it is agrees with that
+ * only at w = 1. Checked before any arithmetic. */
+static int check_passthrough_weights(const job *j)
+{
+    for (size_t i = 0; i < j->n; i++) {
+        const actl_adapter *a = j->in[i].a;
+        if (j->in[i].w == 1.0)
+            continue;
+        for (size_t t = 0; t < a->n_tensors; t++)
+            if (is_passthrough(a, a->tensors[t]))
+                return actl__err(ACTL_EINVAL,
+                                 "compose %s: input '%s' has weight %g but carries tensor '%s' "
+                                 "saved whole (modules_to_save or a trained bias), which merge "
+                                 "blends with the base as (1-w)*W + w*S; give that input weight "
+                                 "1, or merge it instead", method_names[j->method], j->in[i].ref,
+                                 j->in[i].w, a->tensors[t]->name);
+    }
+    return ACTL_OK;
+}
+
+/* Copies the tensors no module holds (modules_to_save, trained base biases),
+ * as they are: every input carrying one has weight 1 (check_passthrough_weights).
  * The same key from two inputs must hold the same bytes. */
 static int collect_passthrough(job *j)
 {
@@ -1609,10 +1671,7 @@ static int collect_passthrough(job *j)
         const actl_adapter *a = j->in[i].a;
         for (size_t t = 0; t < a->n_tensors; t++) {
             const actl_tensor *x = a->tensors[t];
-            bool held = false;
-            for (size_t m = 0; m < a->n_modules && !held; m++)
-                held = module_holds(&a->modules[m], x);
-            if (held)
+            if (!is_passthrough(a, x))
                 continue;
             bool dup = false;
             for (size_t k = first; k < j->nout && !dup; k++) {
@@ -1645,16 +1704,41 @@ static int collect_passthrough(job *j)
     return rc;
 }
 
-/* "model\\.layers\\.0\\.q_proj": a pattern key PEFT matches against exactly this module
- * (re.escape of the name). */
-static char *pattern_key(const char *name)
+/* name is the module path k or ends with "." k. */
+static bool ends_with_path(const char *name, const char *k)
 {
-    size_t n = strlen(name);
+    size_t n = strlen(name), m = strlen(k);
+    if (n == m)
+        return strcmp(name, k) == 0;
+    return n > m && name[n - m - 1] == '.' && strcmp(name + n - m, k) == 0;
+}
+
+/* The rank_pattern/alpha_pattern key for module `name` of the result: a regex
+ * PEFT matches with re.match against the module's path in the base model
+ * ("model.layers.0.self_attn.q_proj"); newer releases (get_pattern_key) use
+ * "(.*\.)?(KEY)$", older ones ".*\.KEY$", which needs a dot before the key,
+ * so the full path never matches there. The key is therefore the path without
+ * its first segment ("layers\.0\.self_attn\.q_proj"), escaped: under both
+ * rules it matches exactly the paths equal to it or ending in "." and it, and
+ * it is used only when no other module of the result is such a path. Otherwise
+ * (or for a path of one segment) the whole escaped path, which only the newer
+ * rule matches. */
+static char *pattern_key(const job *j, const char *name)
+{
+    const char *use = name, *tail = strchr(name, '.');
+    if (tail && tail[1]) {
+        bool unique = true;
+        for (size_t m = 0; m < j->nmod && unique; m++)
+            unique = strcmp(j->names[m], name) == 0 || !ends_with_path(j->names[m], tail + 1);
+        if (unique)
+            use = tail + 1;
+    }
+    size_t n = strlen(use);
     char *k = malloc(2 * n + 1), *p = k;
     if (!k)
         return NULL;
     for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)name[i];
+        unsigned char ch = (unsigned char)use[i];
         bool plain = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
                      (ch >= '0' && ch <= '9') || ch == '_' || ch >= 0x80;
         if (!plain)
@@ -1747,7 +1831,7 @@ static int config_lora(const job *j, json_t *cfg)
         if (j->ranks[m] == r)
             continue;
         free(key);
-        if (!(key = pattern_key(j->names[m])) ||
+        if (!(key = pattern_key(j, j->names[m])) ||
             json_object_set_new(rp, key, json_integer(j->ranks[m])) ||
             json_object_set_new(ap, key, json_integer(j->ranks[m]))) {
             rc = actl__oom();
@@ -1857,7 +1941,8 @@ int actl_compose(const actl_input *in, size_t n, const actl_compose_opts *o,
         j.rep->seed = j.seed;
         j.rep->has_seed = 1;
     }
-    if ((rc = prepare_inputs(&j, in, n)) || (rc = collect_modules(&j)))
+    if ((rc = prepare_inputs(&j, in, n)) || (rc = check_passthrough_weights(&j)) ||
+        (rc = collect_modules(&j)))
         goto out;
     if (is_lora_method(j.method))
         rc = compose_lora(&j);
@@ -1878,52 +1963,106 @@ out:
 
 /* ---- lineage ------------------------------------------------------------------ */
 
+/* A JSON number for the lineage; NULL (with the error set) when v is not
+ * finite, which JSON cannot hold. */
+static json_t *lineage_real(double v, const char *what, int *err)
+{
+    if (*err)
+        return NULL;
+    if (!isfinite(v)) {
+        *err = actl__err(ACTL_EINVAL, "compose lineage: %s is %s, which JSON cannot record",
+                         what, isnan(v) ? "NaN" : "infinite");
+        return NULL;
+    }
+    json_t *x = json_real(v);
+    if (!x)
+        *err = actl__oom();
+    return x;
+}
+
+/* Sets key to v (taken), noting OOM in *err unless an error is already noted. */
+static void lineage_set(json_t *obj, const char *key, json_t *v, int *err)
+{
+    if (*err) {
+        json_decref(v);
+        return;
+    }
+    if (!v || json_object_set_new(obj, key, v) != 0)
+        *err = actl__oom();
+}
+
 char *actl_compose_lineage(const actl_input *in, size_t n, const actl_compose_opts *o,
                            const actl_compose_report *report)
 {
     char *text = NULL;
-    if (!o || (n && !in))
+    int err = ACTL_OK;
+    if (!o || (n && !in)) {
+        actl__err(ACTL_EINVAL, "compose lineage: NULL argument");
         return NULL;
+    }
     actl_compose_method m = o->method;
+    const char *meth = actl_compose_method_name(m);
+    if (!meth) {
+        actl__err(ACTL_EINVAL, "compose lineage: unknown method %d", (int)m);
+        return NULL;
+    }
     json_t *root = json_object(), *inputs = json_array(), *opts = json_object();
-    int bad = !root || !inputs || !opts || !actl_compose_method_name(m);
-    for (size_t i = 0; !bad && i < n; i++)
-        bad = json_array_append_new(
-                  inputs, json_pack("{s:s?, s:s?, s:f}", "ref", in[i].ref, "pack", in[i].pack,
-                                    "weight", in[i].weight)) != 0;
-    bad = bad || json_object_set_new(root, "method", json_string(actl_compose_method_name(m)));
-    bad = bad || json_object_set(root, "inputs", inputs);
-    bad = bad || json_object_set_new(opts, "rank", uses_svd(m) ? json_integer(o->rank)
-                                                               : json_null());
-    bad = bad || json_object_set_new(opts, "density",
-                                     uses_density(m)
-                                         ? json_real(o->density != 0 ? o->density : 0.5)
-                                         : json_null());
-    json_t *seed = json_null();
-    if (uses_seed(m) && report && report->has_seed)
-        seed = json_integer((json_int_t)report->seed);
-    else if (uses_seed(m) && o->has_seed)
-        seed = json_integer((json_int_t)o->seed);
-    bad = bad || json_object_set_new(opts, "seed", seed);
-    bad = bad || json_object_set(root, "options", opts);
+    if (!root || !inputs || !opts)
+        err = actl__oom();
+    for (size_t i = 0; !err && i < n; i++) {
+        json_t *x = json_object();
+        char what[64];
+        snprintf(what, sizeof what, "the weight of input %zu", i + 1);
+        lineage_set(x, "ref", in[i].ref ? json_string(in[i].ref) : json_null(), &err);
+        lineage_set(x, "pack", in[i].pack ? json_string(in[i].pack) : json_null(), &err);
+        lineage_set(x, "weight", lineage_real(in[i].weight, what, &err), &err);
+        if (!err && (!x || json_array_append(inputs, x) != 0))
+            err = actl__oom();
+        json_decref(x);
+    }
+    lineage_set(root, "method", json_string(meth), &err);
+    lineage_set(root, "inputs", json_incref(inputs), &err);
+    /* only the options the method uses (see the top of this file) */
+    if (uses_svd(m)) {
+        if (o->rank > 0)
+            lineage_set(opts, "rank", json_integer(o->rank), &err);
+        else {
+            if (report && report->max_rank > 0)
+                lineage_set(opts, "rank", json_integer(report->max_rank), &err);
+            lineage_set(opts, "rank_default", json_true(), &err);
+        }
+    }
+    if (uses_density(m))
+        lineage_set(opts, "density",
+                    lineage_real(o->density != 0 ? o->density : 0.5, "the density", &err), &err);
+    if (uses_seed(m)) {
+        if (report && report->has_seed)
+            lineage_set(opts, "seed", json_integer((json_int_t)report->seed), &err);
+        else if (o->has_seed)
+            lineage_set(opts, "seed", json_integer((json_int_t)o->seed), &err);
+    }
+    lineage_set(root, "options", json_incref(opts), &err);
     int exact = report ? report->exact
                        : (m == ACTL_COMPOSE_CAT || m == ACTL_COMPOSE_SEQUENTIAL ||
                           m == ACTL_COMPOSE_UNION);
-    bad = bad || json_object_set_new(root, "exact", json_boolean(exact));
-    if (!bad && report && uses_svd(m)) {
-        json_t *err = json_object(), *mods = json_object();
-        bad = !err || !mods;
-        for (size_t i = 0; !bad && i < report->n; i++)
-            bad = json_object_set_new(mods, report->names[i], json_real(report->rel[i])) != 0;
-        bad = bad || json_object_set_new(err, "overall",
-                                         json_real(actl_compose_report_overall(report)));
-        bad = bad || json_object_set(err, "modules", mods);
-        bad = bad || json_object_set(root, "error", err);
-        json_decref(err);
+    lineage_set(root, "exact", json_boolean(exact), &err);
+    if (!err && report && uses_svd(m)) {
+        json_t *e = json_object(), *mods = json_object();
+        if (!e || !mods)
+            err = actl__oom();
+        for (size_t i = 0; !err && i < report->n; i++)
+            lineage_set(mods, report->names[i],
+                        lineage_real(report->rel[i], "a module's error", &err), &err);
+        lineage_set(e, "overall",
+                    lineage_real(actl_compose_report_overall(report), "the overall error", &err),
+                    &err);
+        lineage_set(e, "modules", json_incref(mods), &err);
+        lineage_set(root, "error", json_incref(e), &err);
+        json_decref(e);
         json_decref(mods);
     }
-    if (!bad)
-        text = actl__json_dump(root, -1);
+    if (!err && !(text = actl__json_dump(root, -1)))
+        actl__oom();
     json_decref(root);
     json_decref(inputs);
     json_decref(opts);

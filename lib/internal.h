@@ -488,7 +488,8 @@ int64_t actl__road_out(const actl_adapter *a, const actl__module *m);
 /* Coefficients of module m under weight w (theta*w, alpha^w; w = 1 is the
  * adapter, w = 0 the identity) into c[out], s[out], out = actl__road_out.
  * ACTL_ESHAPE (naming the adapter and module) when the group size does not
- * divide out or is odd. */
+ * divide out or is odd; ACTL_EINVAL when w makes a coefficient infinite or
+ * NaN (theta w or alpha^w overflowing). */
 int actl__road_coeffs(const actl_adapter *a, const actl__module *m, double w, double *c,
                       double *s);
 /* Rotates the rows of x [out, cols] (fp32, row-major) in place:
@@ -665,5 +666,22 @@ int actl__store_publish(actl_store *s, const char *dir, const char *const *refs,
 extern int64_t actl__compose_exact_dim;
 
 /* ==== end of the compose section ========================================== */
+
+/* ==== merge.c / adapter.c: base layer orientation (issue 5; owner: merge) == */
+
+/* Whether the base layer `module` stores its weight [in, out]: PEFT takes the
+ * orientation from the layer's type, not from an adapter's fan_in_fan_out
+ * (nn.Linear forces it false, transformers' Conv1D true). Conv1D layers are
+ * the c_attn, c_proj, c_fc and q_attn projections of the model types that
+ * build them from Conv1D ("gpt2", "openai-gpt", "decision_transformer",
+ * "imagegpt");
+ * everything else (model_type NULL included) is nn.Linear, [out, in]. */
+bool actl__module_stores_in_out(const char *model_type, const char *module);
+/* actl_adapter_validate with the base's orientation taken from model_type
+ * (config.json's "model_type", or NULL) by the rule above. */
+int actl__adapter_validate_for(const actl_adapter *a, const actl_base *base,
+                               const char *model_type);
+
+/* ==== end of the merge section ============================================ */
 
 #endif /* ACTL_INTERNAL_H */

@@ -22,8 +22,10 @@
  *
  * The math (DESIGN.md 3), per row block in fp32, rounded once to the output
  * dtype at the end of all of a tensor's ops:
- *  - LoRA: W += w s B A (cblas_sgemm, beta 1); fan_in_fan_out and embeddings
- *    (stored [in, out] and [vocab, dim]) take (B A)^T = A^T B^T. lora_B.bias
+ *  - LoRA: W += w s B A (cblas_sgemm, beta 1); Conv1D layers and embeddings
+ *    (stored [in, out] and [vocab, dim]) take (B A)^T = A^T B^T. Like PEFT,
+ *    the base layer's type decides, not the adapter's fan_in_fan_out: Conv1D
+ *    only in the GPT-2 family (actl__module_stores_in_out). lora_B.bias
  *    adds w s bias to the base bias (PEFT refuses a base without one; so do we).
  *  - DoRA with weight w: V = W + w s B A, then each output row of V is scaled
  *    so that its norm moves from ||V|| towards the magnitude m:
@@ -34,8 +36,14 @@
  *  - RoAd: the pair kernel of road.c on the weight rows and on the bias, with
  *    theta w and alpha^w; unmerge applies the inverse pairs.
  *  - Tensors an adapter carries whole (modules_to_save, trained base biases)
- *    replace the base tensor: W' = (1 - w) W + w S (exactly S when w = 1);
- *    unmerge refuses them (the replaced tensor is gone).
+ *    replace the base tensor: W' = (1 - w) W + w S (exactly S when w = 1),
+ *    S widened a row block at a time; unmerge refuses them (the replaced
+ *    tensor is gone).
+ * Nothing non-finite is written where the base was finite: adapter tensors
+ * holding Inf/NaN and weights that overflow are refused while planning, and
+ * every block is checked after its ops and its rounding (check_block). A
+ * base tying its embeddings to its output head refuses adapters on either
+ * (check_tied). opts.cancel stops the workers between tasks.
  *  - MoS is materialized into a LoRA first.
  * Unmerge takes the inputs in reverse order, LoRA with -w, RoAd inverted.
  */
@@ -45,6 +53,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -88,9 +97,10 @@ typedef struct op {
     enum op_kind kind;
     const actl__module *m;  /* LoRA, DoRA, bias, RoAd */
     const actl_tensor *src; /* OP_REPLACE: the adapter's tensor, same shape as the base's */
+    const actl_input *in;   /* whose op it is, for messages */
     double w;               /* the input's weight */
     double alpha;           /* LoRA, DoRA, bias: w s, negated to unmerge */
-    int transposed;         /* LoRA: the base stores [in, out] (fan_in_fan_out, embedding) */
+    int transposed;         /* LoRA: the base stores [in, out] (a Conv1D layer, an embedding) */
     int64_t r;              /* LoRA rank */
     double *c, *s;          /* RoAd coefficients [rows], owned */
     int group;              /* RoAd group size */
@@ -100,7 +110,6 @@ typedef struct op {
     float *fa;              /* A [r, in] (embedding [r, vocab]) */
     float *fb;              /* B [out, r] (embedding [dim, r]) */
     double *vec;            /* OP_BIAS: bias [out]; OP_DORA: m [out] */
-    float *full;            /* OP_REPLACE: S as fp32 [numel] */
 } op;
 
 /* One base tensor and what happens to it. */
@@ -165,6 +174,8 @@ typedef struct merge {
     size_t ntasks, tcap;
     uint64_t total_bytes;  /* tensor bytes to write */
     char *tmp_dir;
+    char *model_type;      /* config.json's model_type, or NULL */
+    int tied;              /* config.json's tie_word_embeddings is true */
     /* while the workers run */
     atomic_int failed;
     atomic_int finished;   /* the workers are done: the writeback thread stops */
@@ -326,10 +337,19 @@ static int plan_lora(merge *mg, const actl_input *in, const actl_adapter *a,
     x.kind = (mi->flags & ACTL_MOD_DORA) ? OP_DORA : OP_LORA;
     x.mapped = a->st && !a->owns_tensors;
     x.m = m;
+    x.in = in;
     x.w = in->weight;
     x.alpha = sign * in->weight * mi->scale;
-    x.transposed = (mi->flags & ACTL_MOD_EMBEDDING) || a->info.fan_in_fan_out;
+    /* PEFT follows the base layer, not fan_in_fan_out: see actl__module_stores_in_out */
+    x.transposed = (mi->flags & ACTL_MOD_EMBEDDING) ||
+                   actl__module_stores_in_out(mg->model_type, mi->name);
     x.r = mi->rank;
+    if (!(fabs(x.alpha) <= FLT_MAX)) {
+        rc = actl__err(ACTL_EINVAL, "'%s': module '%s': weight %g times the module's scale %g "
+                       "is %g, beyond the float range: every merged weight would be infinite",
+                       input_name(in), mi->name, in->weight, mi->scale, fabs(x.alpha));
+        goto out;
+    }
     if (x.kind == OP_DORA && x.transposed)
         j->whole = 1;
     if ((rc = add_op(j, &x)))
@@ -354,6 +374,7 @@ static int plan_lora(merge *mg, const actl_input *in, const actl_adapter *a,
         memset(&x, 0, sizeof x);
         x.kind = OP_BIAS;
         x.m = m;
+        x.in = in;
         x.w = in->weight;
         x.alpha = sign * in->weight * mi->scale;
         rc = add_op(b, &x);
@@ -423,6 +444,7 @@ static int plan_road(merge *mg, const actl_input *in, const actl_adapter *a,
     memset(&x, 0, sizeof x);
     x.kind = OP_ROAD;
     x.m = m;
+    x.in = in;
     x.w = in->weight;
     x.group = a->info.group_size;
     x.c = c;
@@ -496,6 +518,7 @@ static int plan_passthrough(merge *mg, const actl_input *in, const actl_adapter 
         memset(&x, 0, sizeof x);
         x.kind = OP_REPLACE;
         x.src = t;
+        x.in = in;
         x.mapped = a->st && !a->owns_tensors;
         x.w = in->weight;
         rc = add_op(j, &x);
@@ -503,6 +526,135 @@ static int plan_passthrough(merge *mg, const actl_input *in, const actl_adapter 
     free(target);
     free(list);
     return rc;
+}
+
+/* What config.json says about the layers' layout: model_type (Conv1D
+ * families store [in, out]) and tie_word_embeddings. No config.json: an
+ * untied nn.Linear model, as actl_base_load accepts a bare checkpoint. */
+static int read_config(merge *mg)
+{
+    int rc = ACTL_OK;
+    char *text = NULL;
+    size_t len;
+    json_t *root = NULL;
+    char *path = actl__path_join(mg->base_dir, CONFIG_NAME);
+    if (!path)
+        return actl__oom();
+    if (!actl__exists(path))
+        goto out;
+    if ((rc = actl__read_file(path, ACTL_CONFIG_LIMIT, &text, &len)) ||
+        (rc = actl__json_parse(text, len, path, &root)))
+        goto out;
+    if (!json_is_object(root)) {
+        rc = actl__err(ACTL_EFORMAT, "'%s': not a JSON object", path);
+        goto out;
+    }
+    json_t *mt = json_object_get(root, "model_type");
+    if (json_is_string(mt) && !(mg->model_type = strdup(json_string_value(mt)))) {
+        rc = actl__oom();
+        goto out;
+    }
+    mg->tied = json_is_true(json_object_get(root, "tie_word_embeddings"));
+out:
+    json_decref(root);
+    free(text);
+    free(path);
+    return rc;
+}
+
+/* The input embedding table or the output head: one matrix when tied. */
+static bool is_tied_tensor(const char *name)
+{
+    static const char *const names[] = {"embed_tokens.weight", "wte.weight",
+                                        "word_embeddings.weight", "lm_head.weight",
+                                        "embed_out.weight", NULL};
+    size_t l = strlen(name);
+    for (size_t i = 0; names[i]; i++) {
+        size_t k = strlen(names[i]);
+        if (l >= k && !strcmp(name + l - k, names[i]) && (l == k || name[l - k - 1] == '.'))
+            return true;
+    }
+    return false;
+}
+
+/* A base with tie_word_embeddings has one matrix for the input embeddings
+ * and the output head (a checkpoint often stores it once). PEFT applies an
+ * adapter on one of them only at run time; folded into the shared matrix,
+ * the change reaches both (or, when the checkpoint keeps two copies, the
+ * loader re-ties them and throws one away). */
+static int check_tied(const merge *mg)
+{
+    if (!mg->tied || mg->o->force)
+        return ACTL_OK;
+    for (size_t i = 0; i < mg->njobs; i++) {
+        const job *j = &mg->jobs[i];
+        bool named = is_tied_tensor(j->t->name);
+        for (size_t k = 0; k < j->nops; k++)
+            if (named || (j->ops[k].m && (j->ops[k].m->info.flags & ACTL_MOD_EMBEDDING)))
+                return actl__err(ACTL_EINVAL,
+                                 "'%s': the base '%s' ties its input embeddings to its output head "
+                                 "(tie_word_embeddings), so '%s' is one matrix used twice; the "
+                                 "adapter changes only one of the two uses, and merged it would "
+                                 "change both (or be dropped when the loader ties them again), "
+                                 "which is not what the adapter computes (--force merges anyway)",
+                                 input_name(j->ops[k].in), mg->base_dir, j->t->name);
+    }
+    return ACTL_OK;
+}
+
+/* The index of the first element at or after `from` of n elements of dtype dt
+ * at p whose exponent bits are all ones (an infinity or a NaN), or n. Bits,
+ * not isfinite: the bytes may be unaligned, and no conversion is needed.
+ * Runs of 256 are tested without a branch per element (the compiler
+ * vectorizes that), since every merged block goes through here. */
+#define NONFINITE_SCAN(T, MASK)                                                    \
+    for (size_t i = from; i < n;) {                                                \
+        size_t end = n - i > 256 ? i + 256 : n;                                    \
+        unsigned any = 0;                                                          \
+        for (size_t k = i; k < end; k++) {                                         \
+            T u;                                                                   \
+            memcpy(&u, b + sizeof(T) * k, sizeof(T));                              \
+            any |= (u & (MASK)) == (MASK);                                         \
+        }                                                                          \
+        if (any)                                                                   \
+            for (size_t k = i; k < end; k++) {                                     \
+                T u;                                                               \
+                memcpy(&u, b + sizeof(T) * k, sizeof(T));                          \
+                if ((u & (MASK)) == (MASK))                                        \
+                    return k;                                                      \
+            }                                                                      \
+        i = end;                                                                   \
+    }
+static size_t next_nonfinite(actl_dtype dt, const void *p, size_t n, size_t from)
+{
+    const unsigned char *b = p;
+    switch (dt) {
+    case ACTL_F32: NONFINITE_SCAN(uint32_t, 0x7f800000u) break;
+    case ACTL_F16: NONFINITE_SCAN(uint16_t, 0x7c00u) break;
+    case ACTL_BF16: NONFINITE_SCAN(uint16_t, 0x7f80u) break;
+    case ACTL_F64: NONFINITE_SCAN(uint64_t, 0x7ff0000000000000ull) break;
+    default: break;
+    }
+    return n;
+}
+#undef NONFINITE_SCAN
+
+/* An infinity or NaN in an adapter tensor would spread through every merged
+ * row it touches; refused once here rather than found element by element. */
+static int check_finite(const actl_input *in, const actl_adapter *a)
+{
+    for (size_t t = 0; t < a->n_tensors; t++) {
+        const actl_tensor *x = a->tensors[t];
+        if (!actl__is_float(x->dtype))
+            continue;
+        size_t i = next_nonfinite(x->dtype, x->data, (size_t)x->numel, 0);
+        if (i < (size_t)x->numel)
+            return actl__err(ACTL_EINVAL, "'%s': tensor '%s' holds a non-finite value (%g at "
+                             "element %zu); merging it would make the weights it touches "
+                             "infinite or NaN", input_name(in), x->name,
+                             actl__tensor_get_f64(x, i), i);
+    }
+    return ACTL_OK;
 }
 
 /* Checks one input and adds its ops. */
@@ -516,6 +668,8 @@ static int plan_input(merge *mg, const actl_input *in)
     if (!isfinite(in->weight))
         return actl__err(ACTL_EINVAL, "'%s': weight %g is not a finite number", input_name(in),
                          in->weight);
+    if ((rc = check_finite(in, a)))
+        return rc;
     switch (a->info.kind) {
     case ACTL_KIND_BOTTLENECK:
         return actl__err(ACTL_EUNSUPPORTED,
@@ -543,7 +697,7 @@ static int plan_input(merge *mg, const actl_input *in)
         return actl__err(ACTL_EINVAL,
                          "'%s' was trained on '%s', but the base '%s' is '%s' (--force merges "
                          "anyway)", input_name(in), want, mg->base_dir, have);
-    if ((rc = actl_adapter_validate(a, mg->base)))
+    if ((rc = actl__adapter_validate_for(a, mg->base, mg->model_type)))
         return rc;
     if (mg->o->unmerge && a->info.kind == ACTL_KIND_LORA)
         for (size_t i = 0; i < a->n_modules; i++)
@@ -1079,8 +1233,7 @@ static void free_prepared(job *j)
         free(x->fa);
         free(x->fb);
         free(x->vec);
-        free(x->full);
-        x->fa = x->fb = x->full = NULL;
+        x->fa = x->fb = NULL;
         x->vec = NULL;
     }
 }
@@ -1121,7 +1274,7 @@ static int prepare(job *j)
                     ok = (x->vec = tensor_f64(x->m->magnitude)) != NULL;
                 break;
             case OP_BIAS: ok = (x->vec = tensor_f64(x->m->lora_bias)) != NULL; break;
-            case OP_REPLACE: ok = (x->full = tensor_f32(x->src)) != NULL; break;
+            case OP_REPLACE: /* widened a row block at a time by apply_op */
             case OP_ROAD: break;
             }
             if (!ok)
@@ -1131,10 +1284,9 @@ static int prepare(job *j)
          * (a large adapter would otherwise stay resident whole). */
         for (size_t k = 0; k < j->nops; k++) {
             const op *x = &j->ops[k];
-            const actl_tensor *ts[] = {x->m ? x->m->lora_a : NULL, x->m ? x->m->lora_b : NULL,
-                                       x->src};
-            for (size_t i = 0; x->mapped && i < 3; i++)
-                if (ts[i] && x->kind != OP_ROAD)
+            const actl_tensor *ts[] = {x->m ? x->m->lora_a : NULL, x->m ? x->m->lora_b : NULL};
+            for (size_t i = 0; x->mapped && i < 2; i++)
+                if (ts[i] && (x->kind == OP_LORA || x->kind == OP_DORA))
                     release_pages(ts[i]->data, ts[i]->nbytes);
         }
     }
@@ -1177,8 +1329,18 @@ static void dora_scale(const op *x, float *v, int64_t r0, int64_t n, int64_t col
     }
 }
 
-/* Applies one op to rows [r0, r0 + n) of the job's tensor held in v [n, cols]. */
-static void apply_op(const job *j, const op *x, float *v, int64_t r0, int64_t n)
+/* Per-thread buffers, grown on demand. */
+typedef struct scratch {
+    float *v;          /* the block in fp32 */
+    void *tmp;         /* the block's input bytes, aligned, or its output bytes */
+    float *src;        /* OP_REPLACE: the adapter's rows of the block in fp32 */
+    size_t cap_v, cap_tmp, cap_src;
+} scratch;
+
+/* Applies one op to rows [r0, r0 + n) of the job's tensor held in v [n, cols].
+ * sc->src has room for n * cols floats, sc->tmp for n * cols 8-byte elements
+ * (free between the widening of the block and its rounding). */
+static void apply_op(const job *j, const op *x, float *v, int64_t r0, int64_t n, scratch *sc)
 {
     int64_t cols = j->cols;
     switch (x->kind) {
@@ -1208,23 +1370,23 @@ static void apply_op(const job *j, const op *x, float *v, int64_t r0, int64_t n)
         actl__road_rotate_rows(x->c + r0, x->s + r0, n, x->group, v, cols);
         break;
     case OP_REPLACE: {
-        const float *s = x->full + r0 * cols;
+        /* Only this block's rows of S are widened: a replaced lm_head costs a
+         * block per worker, like the other ops, not a whole fp32 copy. */
+        size_t cnt = (size_t)(n * cols), es = actl_dtype_size(x->src->dtype);
+        const unsigned char *rows =
+            (const unsigned char *)x->src->data + (size_t)r0 * (size_t)cols * es;
+        to_f32(x->src->dtype, rows, sc->src, cnt, sc->tmp);
         if (x->w == 1.0)
-            memcpy(v, s, (size_t)(n * cols) * sizeof *v);
+            memcpy(v, sc->src, cnt * sizeof *v);
         else
-            for (int64_t i = 0; i < n * cols; i++)
-                v[i] = (float)((1 - x->w) * v[i] + x->w * s[i]);
+            for (size_t i = 0; i < cnt; i++)
+                v[i] = (float)((1 - x->w) * v[i] + x->w * sc->src[i]);
+        if (x->mapped)
+            release_pages(rows, cnt * es);
         break;
     }
     }
 }
-
-/* Per-thread buffers, grown on demand. */
-typedef struct scratch {
-    float *v;          /* the block in fp32 */
-    void *tmp;         /* the block's input bytes, aligned, or its output bytes */
-    size_t cap_v, cap_tmp;
-} scratch;
 
 static int grow(void **p, size_t *cap, size_t need)
 {
@@ -1253,6 +1415,34 @@ static void release_tensor(const shard *sh, const actl_tensor *t)
     release_pages(a, (size_t)(b - a));
 }
 
+/* An element finite in the base must stay finite: a weight too large, or a
+ * value past the output dtype's range (F16 tops out at 65504), would
+ * otherwise write infinities or NaN silently. Elements the base already
+ * held non-finite pass as they are. v is the block in fp32 after the ops,
+ * out the bytes to write. */
+static int check_block(const job *j, const unsigned char *in, const float *v, const void *out,
+                       int64_t r0, size_t cnt)
+{
+    size_t ies = actl_dtype_size(j->t->dtype);
+    for (size_t i = next_nonfinite(j->out_dt, out, cnt, 0); i < cnt;
+         i = next_nonfinite(j->out_dt, out, cnt, i + 1)) {
+        if (next_nonfinite(j->t->dtype, in + i * ies, 1, 0) == 0)
+            continue;
+        int64_t e = r0 * j->cols + (int64_t)i;
+        char what[160];
+        /* the base was finite: a non-finite fp32 value came from the ops */
+        if (!isfinite(v[i]))
+            snprintf(what, sizeof what, "the adapters' changes, past the float range");
+        else
+            snprintf(what, sizeof what, "rounding %g to %s", (double)v[i],
+                     actl_dtype_name(j->out_dt));
+        return actl__err(ACTL_EINVAL, "merge: tensor '%s': element %lld (row %lld) is finite in "
+                         "the base but not after %s; nothing was written", j->t->name,
+                         (long long)e, (long long)(e / (j->cols ? j->cols : 1)), what);
+    }
+    return ACTL_OK;
+}
+
 static int run_block(merge *mg, const task *t, scratch *sc)
 {
     int rc;
@@ -1266,6 +1456,10 @@ static int run_block(merge *mg, const task *t, scratch *sc)
     if ((rc = grow((void **)&sc->v, &sc->cap_v, cnt * sizeof(float))) ||
         (rc = grow(&sc->tmp, &sc->cap_tmp, cnt * (ies > oes ? ies : oes))))
         return rc;
+    for (size_t k = 0; k < j->nops; k++)
+        if (j->ops[k].kind == OP_REPLACE &&
+            (rc = grow((void **)&sc->src, &sc->cap_src, cnt * sizeof(float))))
+            return rc;
     const unsigned char *src = (const unsigned char *)j->t->data + (size_t)t->r0 * (size_t)j->cols * ies;
     if (!actl__is_float(j->t->dtype)) {
         /* integers and bools are only moved (a new layout) */
@@ -1274,14 +1468,16 @@ static int run_block(merge *mg, const task *t, scratch *sc)
     } else {
         to_f32(j->t->dtype, src, sc->v, cnt, sc->tmp);
         for (size_t k = 0; k < j->nops; k++)
-            apply_op(j, &j->ops[k], sc->v, t->r0, n);
+            apply_op(j, &j->ops[k], sc->v, t->r0, n, sc);
         const void *bytes = sc->v; /* F32 goes out as it is */
         if (j->out_dt != ACTL_F32) {
             from_f32(j->out_dt, sc->v, sc->tmp, cnt);
             bytes = sc->tmp;
         }
+        rc = check_block(j, src, sc->v, bytes, t->r0, cnt);
         uint64_t off = j->out_off + (uint64_t)t->r0 * (uint64_t)j->cols * oes;
-        rc = pwrite_all(sh->out_fd, bytes, cnt * oes, off, sh->out_path);
+        if (!rc)
+            rc = pwrite_all(sh->out_fd, bytes, cnt * oes, off, sh->out_path);
     }
     release_pages(src, cnt * ies);
     if (atomic_fetch_sub(&j->left, 1) == 1) {
@@ -1355,6 +1551,16 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static bool cancelled(const merge *mg)
+{
+    return mg->o->cancel && *mg->o->cancel;
+}
+
+static int interrupted(const merge *mg)
+{
+    return actl__err(ACTL_EIO, "merge into '%s' interrupted; nothing was written", mg->out_dir);
+}
+
 typedef struct worker {
     merge *mg;
     int main;     /* the calling thread: the only one that reports progress */
@@ -1417,7 +1623,9 @@ static void *work(void *arg)
             continue;
         }
         const task *t = &mg->tasks[i];
-        int rc = t->kind == T_COPY ? run_copy(mg, t, &sc) : run_block(mg, t, &sc);
+        /* polled per task: a block or a copy chunk takes milliseconds */
+        int rc = cancelled(mg) ? interrupted(mg)
+                 : t->kind == T_COPY ? run_copy(mg, t, &sc) : run_block(mg, t, &sc);
         if (rc) {
             /* Messages are per thread: keep the first failure's for the caller. */
             pthread_mutex_lock(&mg->err_mu);
@@ -1440,6 +1648,7 @@ static void *work(void *arg)
     }
     free(sc.v);
     free(sc.tmp);
+    free(sc.src);
     return NULL;
 }
 
@@ -1718,10 +1927,15 @@ static int write_output(merge *mg)
         if (!rc)
             rc = r;
     }
+    if (!rc && cancelled(mg))
+        rc = interrupted(mg);
     if (!rc)
         rc = copy_side_files(mg);
     if (!rc)
         rc = actl__fsync_dir(mg->tmp_dir);
+    /* the last moment before the output appears */
+    if (!rc && cancelled(mg))
+        rc = interrupted(mg);
     return rc;
 }
 
@@ -1804,6 +2018,7 @@ static void merge_release(merge *mg)
     free(mg->index_text);
     free(mg->config_text);
     free(mg->err_msg);
+    free(mg->model_type);
     pthread_mutex_destroy(&mg->err_mu);
     pthread_mutex_destroy(&mg->wb_mu);
     pthread_cond_destroy(&mg->wb_cv);
@@ -1847,7 +2062,8 @@ int actl_merge(const char *base_dir, const char *out_dir, const actl_input *in, 
                        "'%s' is not a checkpoint directory", base_dir);
         goto out;
     }
-    if ((rc = actl_base_load(base_dir, &mg.base)) || (rc = actl_ckpt_open(base_dir, &mg.ck)))
+    if ((rc = actl_base_load(base_dir, &mg.base)) || (rc = actl_ckpt_open(base_dir, &mg.ck)) ||
+        (rc = read_config(&mg)))
         goto out;
     char *single = actl__path_join(base_dir, "model.safetensors");
     if (!single) {
@@ -1874,10 +2090,16 @@ int actl_merge(const char *base_dir, const char *out_dir, const actl_input *in, 
     for (size_t k = 0; k < n; k++)
         if ((rc = plan_input(&mg, &in[o->unmerge ? n - 1 - k : k])))
             goto out;
+    if ((rc = check_tied(&mg)))
+        goto out;
     if ((rc = plan_layout(&mg)) || (rc = plan_side_files(&mg)) || (rc = plan_tasks(&mg)))
         goto out;
 
     /* Nothing has been written so far; from here a failure removes what was. */
+    if (cancelled(&mg)) {
+        rc = interrupted(&mg);
+        goto out;
+    }
     if ((rc = make_tmp_dir(&mg)))
         goto out;
     if ((rc = write_output(&mg)) || (rc = publish(&mg)))

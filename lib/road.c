@@ -83,6 +83,13 @@ int actl__road_coeffs(const actl_adapter *a, const actl__module *m, double w, do
         double ths = w * actl__tensor_get_f64(m->road_theta, (size_t)tt_s);
         c[p] = ac * cos(thc);
         s[p] = as * sin(ths);
+        /* A huge weight overflows theta w or alpha^w; what follows would
+         * rotate by infinities and NaN. */
+        if (!isfinite(c[p]) || !isfinite(s[p]))
+            return actl__err(ACTL_EINVAL,
+                             "'%s': module '%s': weight %g gives RoAd coefficients that are not "
+                             "finite for output %lld (alpha^w = %g and %g, theta w = %g and %g)",
+                             a->origin, m->info.name, w, (long long)p, ac, as, thc, ths);
     }
     return ACTL_OK;
 }

@@ -651,22 +651,36 @@ out:
     return rc;
 }
 
-/* The base model the members agree on: those that name one must all name the
- * same; NULL when they differ or none names one. */
-static const char *stack_base(const actl_input *in, size_t n)
+/* The base model the members agree on (NULL when none names one): those that
+ * name one must all name the same, unless the caller gives the base
+ * (o->base_model), asserting it over theirs. */
+static int stack_base(const actl_input *in, size_t n, const actl_add_opts *o,
+                      const char **out)
 {
     const char *base = NULL;
+    size_t first = 0;
+    char q1[ACTL__QUOTE_CAP], q2[ACTL__QUOTE_CAP];
+    *out = NULL;
     for (size_t i = 0; i < n; i++) {
         actl_adapter_info info;
         actl_adapter_info_get(in[i].adapter, &info);
         if (!info.base_model)
             continue;
-        if (!base)
+        if (!base) {
             base = info.base_model;
-        else if (strcmp(base, info.base_model) != 0)
-            return NULL;
+            first = i;
+        } else if (strcmp(base, info.base_model) != 0 && !o->base_model) {
+            return actl__err(ACTL_EINVAL,
+                             "stack '%s': members were made for different base models: "
+                             "member %zu '%s' for '%s', member %zu '%s' for '%s' (give the "
+                             "base model to assert one)",
+                             o->name ? o->name : "", first + 1,
+                             actl__quote(in[first].ref, q1, sizeof q1), base, i + 1,
+                             actl__quote(in[i].ref, q2, sizeof q2), info.base_model);
+        }
     }
-    return base;
+    *out = base;
+    return ACTL_OK;
 }
 
 /* The packs row's sizes of hex; *known false when there is none. */
@@ -743,7 +757,8 @@ static json_t *members_json(const actl_input *in, const pack_ref *packs, size_t 
  *    this call writes it);
  *  - target_modules: the union of the members' modules; raw_bytes and
  *    stored_bytes: the sums over the members (each as often as it appears);
- *  - base_model: o->base_model, else the one the members agree on. */
+ *  - base_model: o->base_model, else the one the members agree on; members
+ *    naming different ones are refused unless o->base_model is given. */
 int actl_store_add_stack(actl_store *s, const actl_input *in, size_t n, const actl_add_opts *o,
                          actl_entries **out)
 {
@@ -781,7 +796,8 @@ int actl_store_add_stack(actl_store *s, const actl_input *in, size_t n, const ac
         if ((rc = actl__text_check("member reference", in[i].ref, 4096, false)))
             return actl__err_wrap(rc, "stack '%s': member %zu", name, i + 1);
     }
-    if ((rc = add_plan_opts(o, stack_base(in, n), &plan)))
+    const char *base;
+    if ((rc = stack_base(in, n, o, &base)) || (rc = add_plan_opts(o, base, &plan)))
         return rc;
     plan.facts.kind = actl_kind_name(ACTL_KIND_STACK);
     if ((rc = stack_modules_json(in, n, &plan.facts.modules)))

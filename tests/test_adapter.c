@@ -1187,14 +1187,59 @@ static void test_validate__module_missing_and_fan_in_fan_out(void **state)
     a = one_lora("model.layers.0.mlp.down_proj", 2, 48, 32, false);
     assert_ok(actl_adapter_validate(a, b));
     actl_adapter_free(a);
-    /* ... but with fan_in_fan_out the base must be stored [in, out] = [48, 32] */
+    /* ... and so it does with fan_in_fan_out: on nn.Linear layers PEFT resets
+     * the flag, the base stays [out, in] */
     a = one_lora("model.layers.0.mlp.down_proj", 2, 48, 32, true);
-    assert_err(actl_adapter_validate(a, b), ACTL_ESHAPE, "needs a base weight [48, 32]");
-    actl_adapter_free(a);
-    a = one_lora("model.layers.0.mlp.down_proj", 2, 32, 48, true);
     assert_ok(actl_adapter_validate(a, b));
+    assert_ok(actl__adapter_validate_for(a, b, "llama"));
+    actl_adapter_free(a);
+    /* the transposed reading is refused, flag or not, and a Conv1D model type
+     * does not make a Llama projection Conv1D */
+    a = one_lora("model.layers.0.mlp.down_proj", 2, 32, 48, true);
+    assert_err(actl_adapter_validate(a, b), ACTL_ESHAPE, "needs a base weight [48, 32]");
+    assert_err(actl__adapter_validate_for(a, b, "gpt2"), ACTL_ESHAPE,
+               "needs a base weight [48, 32]");
     actl_adapter_free(a);
     actl_base_free(b);
+}
+
+/* Which layers store [in, out]: the c_attn/c_proj/c_fc/q_attn projections of
+ * the Conv1D model types (transformers' GPT-2 family), nothing else. */
+static void test_validate__conv1d_layers_follow_the_model_type(void **state)
+{
+    (void)state;
+    assert_true(actl__module_stores_in_out("gpt2", "transformer.h.0.attn.c_attn"));
+    assert_true(actl__module_stores_in_out("gpt2", "h.3.mlp.c_fc"));
+    assert_true(actl__module_stores_in_out("openai-gpt", "h.0.attn.c_proj"));
+    assert_true(actl__module_stores_in_out("decision_transformer", "h.0.mlp.c_proj"));
+    assert_false(actl__module_stores_in_out("gpt2", "lm_head"));
+    assert_false(actl__module_stores_in_out("gpt2", "transformer.h.0.attn.c_attn_x"));
+    assert_false(actl__module_stores_in_out("llama", "model.layers.0.self_attn.q_proj"));
+    assert_false(actl__module_stores_in_out("llama", "h.0.attn.c_attn"));
+    assert_false(actl__module_stores_in_out(NULL, "h.0.attn.c_attn"));
+
+    /* a GPT-2 style base: c_attn stores [in 8, out 24] */
+    char *dir = test_tmpdir(), path[512];
+    const int64_t sh[2] = {8, 24};
+    actl_tensor *t = NULL;
+    assert_ok(actl_tensor_new("h.0.attn.c_attn.weight", ACTL_F32, 2, sh, NULL, &t));
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    const actl_tensor *const ts[] = {t};
+    assert_ok(actl_st_write(path, ts, 1, NULL));
+    actl_tensor_free(t);
+    actl_base *b = NULL;
+    assert_ok(actl_base_load(dir, &b));
+    /* with or without the flag, A [r, 8] and B [24, r] fit only the Conv1D reading */
+    for (int fan = 0; fan < 2; fan++) {
+        actl_adapter *a = one_lora("h.0.attn.c_attn", 2, 8, 24, fan);
+        assert_ok(actl__adapter_validate_for(a, b, "gpt2"));
+        assert_err(actl__adapter_validate_for(a, b, NULL), ACTL_ESHAPE,
+                   "needs a base weight [24, 8]");
+        actl_adapter_free(a);
+    }
+    actl_base_free(b);
+    test_rmtree(dir);
+    free(dir);
 }
 
 /* MoS against a base: in and out must split into l shards of the pools' widths. */
@@ -1331,6 +1376,7 @@ int main(void)
         cmocka_unit_test(test_validate__hf_tiny_fixtures_fit_the_real_checkpoint),
         cmocka_unit_test(test_validate__hf_tiny_fixtures_do_not_fit_base_tiny),
         cmocka_unit_test(test_validate__module_missing_and_fan_in_fan_out),
+        cmocka_unit_test(test_validate__conv1d_layers_follow_the_model_type),
         cmocka_unit_test(test_validate__mos_pool_width_and_divisibility),
         cmocka_unit_test(test_validate__road_lengths_against_base),
     };

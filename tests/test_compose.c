@@ -9,6 +9,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <regex.h>
 
 #include <jansson.h>
 #include <lapacke.h>
@@ -1113,8 +1114,9 @@ static void test_compose__embedding_modules_and_saved_modules(void **state)
     tmod m[] = {{"model.embed_tokens", 32, 64, 2, NULL, NULL, NULL}};
     actl_adapter *g =
         make_lora_kind("{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 6}", m, 1, true);
+    /* e carries lm_head (modules_to_save): weight 1 each time it appears */
     actl_input in[3] = {input_of(e, 1.0, "emb"), input_of(g, -0.5, "emb2"),
-                        input_of(e, 0.25, "emb-again")};
+                        input_of(e, 1.0, "emb-again")};
     actl_compose_opts o = actl_compose_default_opts();
     actl_adapter *res = NULL;
     assert_ok(actl_compose(in, 3, &o, &res, NULL));
@@ -1122,7 +1124,7 @@ static void test_compose__embedding_modules_and_saved_modules(void **state)
     assert_true(mi.flags & ACTL_MOD_EMBEDDING);
     assert_int_equal(mi.rank, 4 + 2 + 4);
     double *want = calloc(32 * 64, sizeof *want), *got = calloc(32 * 64, sizeof *got);
-    add_delta(e, "model.embed_tokens", 1.25 * 2.0, want, true);
+    add_delta(e, "model.embed_tokens", 2.0 * 2.0, want, true);
     add_delta(g, "model.embed_tokens", -0.5 * 3.0, want, true);
     add_delta(res, "model.embed_tokens", 1.0, got, true);
     assert_true(rel_diff(got, want, 32 * 64) < 1e-6);
@@ -1429,9 +1431,10 @@ static void test_compose__lineage_records_inputs_options_and_error(void **state)
                         in[0].pack);
     assert_true(json_is_null(json_object_get(json_array_get(ins, 1), "pack")));
     assert_true(json_number_value(json_object_get(json_array_get(ins, 1), "weight")) == -1);
+    /* svd uses --rank only: nothing else is recorded */
     json_t *opts = json_object_get(l, "options");
+    assert_int_equal(json_object_size(opts), 1);
     assert_int_equal(json_integer_value(json_object_get(opts, "rank")), 2);
-    assert_true(json_is_null(json_object_get(opts, "seed")));
     assert_true(json_is_false(json_object_get(l, "exact")));
     json_t *err = json_object_get(l, "error");
     assert_true(fabs(json_number_value(json_object_get(err, "overall")) -
@@ -1446,12 +1449,206 @@ static void test_compose__lineage_records_inputs_options_and_error(void **state)
     l = json_loads(text, 0, NULL);
     assert_true(json_is_true(json_object_get(l, "exact")));
     assert_null(json_object_get(l, "error"));
-    assert_true(json_is_null(json_object_get(json_object_get(l, "options"), "rank")));
+    assert_int_equal(json_object_size(json_object_get(l, "options")), 0);
     json_decref(l);
     free(text);
     actl_compose_report_free(rep);
     actl_adapter_free(res);
     pair_free(&p);
+}
+
+static void refused(const actl_input *in, size_t n, actl_compose_method m, int code,
+                    const char *needle);
+
+/* Each method records the options it uses and no other; a defaulted rank is the largest
+ * rank of the result (pair: Q0 4 + 3, V0 4, O0 5), marked rank_default. */
+static void test_compose__lineage_options_are_the_methods_own_with_the_effective_rank(void **state)
+{
+    (void)state;
+    pair p = make_pair();
+    actl_input in[2] = {input_of(p.a, 1.0, "a"), input_of(p.b, 0.5, "b")};
+    static const struct {
+        actl_compose_method m;
+        int rank;
+        const char *want; /* the options object, compact and sorted */
+    } cases[] = {
+        {ACTL_COMPOSE_CAT, 0, "{}"},
+        {ACTL_COMPOSE_LINEAR, 0, "{}"},
+        {ACTL_COMPOSE_SVD, 0, "{\"rank\": 7, \"rank_default\": true}"},
+        {ACTL_COMPOSE_SVD, 3, "{\"rank\": 3}"},
+        {ACTL_COMPOSE_TIES, 0, "{\"density\": 0.5, \"rank\": 7, \"rank_default\": true}"},
+        {ACTL_COMPOSE_MAGNITUDE_PRUNE, 2, "{\"density\": 0.5, \"rank\": 2}"},
+        {ACTL_COMPOSE_DARE_LINEAR, 2, "{\"density\": 0.5, \"rank\": 2, \"seed\": 9}"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        actl_compose_opts o = actl_compose_default_opts();
+        o.method = cases[c].m;
+        o.rank = cases[c].rank;
+        o.seed = 9;
+        o.has_seed = cases[c].m == ACTL_COMPOSE_DARE_LINEAR;
+        actl_adapter *res = NULL;
+        actl_compose_report *rep = NULL;
+        /* linear needs equal ranks: a with itself */
+        actl_input same[2] = {input_of(p.a, 1.0, "a"), input_of(p.a, 0.5, "a2")};
+        const actl_input *use = cases[c].m == ACTL_COMPOSE_LINEAR ? same : in;
+        assert_ok(actl_compose(use, 2, &o, &res, &rep));
+        char *text = actl_compose_lineage(use, 2, &o, rep);
+        assert_non_null(text);
+        json_t *l = json_loads(text, 0, NULL), *want = json_loads(cases[c].want, 0, NULL);
+        assert_non_null(l);
+        assert_non_null(want);
+        if (!json_equal(json_object_get(l, "options"), want))
+            fail_msg("%s: options %s, want %s", actl_compose_method_name(cases[c].m), text,
+                     cases[c].want);
+        json_decref(want);
+        json_decref(l);
+        free(text);
+        actl_compose_report_free(rep);
+        actl_adapter_free(res);
+    }
+    pair_free(&p);
+}
+
+/* Lineage is JSON: a value JSON cannot hold is refused with a message, not reported as out of
+ * memory. */
+static void test_compose__lineage_refuses_a_non_finite_value_saying_which(void **state)
+{
+    (void)state;
+    pair p = make_pair();
+    actl_input in[2] = {input_of(p.a, 1.0, "a"), input_of(p.b, INFINITY, "b")};
+    actl_compose_opts o = actl_compose_default_opts();
+    assert_null(actl_compose_lineage(in, 2, &o, NULL));
+    assert_non_null(strstr(actl_errmsg(), "the weight of input 2 is infinite"));
+    pair_free(&p);
+}
+
+/* Huge finite weights: the fp32 result would hold infinities (cat, svd, linear) or the fp64
+ * norms overflow (the pruned methods); refused, naming the module, before anything is made. */
+static void test_compose__refuses_weights_too_large_for_the_result(void **state)
+{
+    (void)state;
+    pair p = make_pair();
+    static const actl_compose_method ms[] = {ACTL_COMPOSE_CAT, ACTL_COMPOSE_SVD,
+                                             ACTL_COMPOSE_DARE_LINEAR, ACTL_COMPOSE_TIES};
+    actl_input in[2] = {input_of(p.a, 1e300, "a"), input_of(p.b, 1.0, "b")};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+        refused(in, 2, ms[i], ACTL_EINVAL, "the weights are too large");
+    /* linear takes sqrt|w|: 1e300 -> 1e150 per factor, still beyond fp32 */
+    actl_input same[2] = {input_of(p.a, 1e300, "a"), input_of(p.a, 1.0, "a2")};
+    refused(same, 2, ACTL_COMPOSE_LINEAR, ACTL_EINVAL, "module '" Q0 "'");
+    /* just inside fp32 is fine: 1e30 times entries of at most 2 * 1 * 1 */
+    actl_input fine[1] = {input_of(p.a, 1e30, "a")};
+    actl_compose_opts o = actl_compose_default_opts();
+    actl_adapter *res = NULL;
+    assert_ok(actl_compose(fine, 1, &o, &res, NULL));
+    actl_adapter_free(res);
+    pair_free(&p);
+}
+
+/* Merge applies a tensor saved whole as (1-w) W + w S; compose copies S, which agrees only
+ * at w = 1, so an input carrying one with another weight is refused, naming both. */
+static void test_compose__refuses_weighted_inputs_carrying_saved_modules(void **state)
+{
+    (void)state;
+    actl_adapter *e = test_load_fixture("base-tiny", "lora-embedding"); /* carries lm_head */
+    actl_adapter *l = test_load_fixture("base-tiny", "lora");
+    actl_input in[2] = {input_of(l, 0.5, "plain"), input_of(e, 0.5, "emb")};
+    refused(in, 2, ACTL_COMPOSE_CAT, ACTL_EINVAL,
+            "input 'emb' has weight 0.5 but carries tensor '" ACTL_PEFT_PREFIX "lm_head.weight' "
+            "saved whole");
+    refused(in, 2, ACTL_COMPOSE_SVD, ACTL_EINVAL, "'emb' has weight 0.5");
+    in[1].weight = -1;
+    refused(in, 2, ACTL_COMPOSE_CAT, ACTL_EINVAL, "'emb' has weight -1");
+    /* weight 1 on the carrier (any weight on the others) is accepted */
+    in[1].weight = 1;
+    actl_compose_opts o = actl_compose_default_opts();
+    actl_adapter *res = NULL;
+    assert_ok(actl_compose(in, 2, &o, &res, NULL));
+    assert_non_null(actl_adapter_find(res, ACTL_PEFT_PREFIX "lm_head.weight"));
+    actl_adapter_free(res);
+    actl_adapter_free(e);
+    actl_adapter_free(l);
+}
+
+/* PEFT's two pattern rules, re-implemented with POSIX regexes: newer releases match a
+ * key K against a module path with re.match("(.*\.)?(K)$"), older ones with
+ * re.match(".*\.K$"). */
+static bool peft_matches(const char *key, const char *path, bool older)
+{
+    char src[512];
+    regex_t re;
+    snprintf(src, sizeof src, older ? "^.*\\.%s$" : "^(.*\\.)?(%s)$", key);
+    assert_int_equal(regcomp(&re, src, REG_EXTENDED | REG_NOSUB), 0);
+    bool m = regexec(&re, path, 0, NULL, 0) == 0;
+    regfree(&re);
+    return m;
+}
+
+/* The rank_pattern and alpha_pattern keys a composed adapter carries select exactly their own
+ * module under both rules, and no module of the default rank. */
+static void test_compose__pattern_keys_match_their_module_under_old_and_new_peft(void **state)
+{
+    (void)state;
+#define L(i, m) "model.layers." #i "." m
+    tmod ma[] = {{L(0, "self_attn.q_proj"), 8, 8, 2, NULL, NULL, NULL},
+                 {L(1, "self_attn.q_proj"), 8, 8, 2, NULL, NULL, NULL},
+                 {L(10, "self_attn.q_proj"), 8, 8, 2, NULL, NULL, NULL},
+                 {L(0, "mlp.up_proj"), 8, 8, 2, NULL, NULL, NULL}};
+    tmod mb[] = {{L(1, "self_attn.q_proj"), 8, 8, 1, NULL, NULL, NULL},
+                 {L(10, "self_attn.q_proj"), 8, 8, 1, NULL, NULL, NULL},
+                 {L(0, "self_attn.k_proj"), 8, 8, 1, NULL, NULL, NULL}};
+#undef L
+    actl_adapter *a = make_lora("{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 2}", ma, 4);
+    actl_adapter *b = make_lora("{\"peft_type\": \"LORA\", \"r\": 1, \"lora_alpha\": 1}", mb, 3);
+    actl_input in[2] = {input_of(a, 1, "a"), input_of(b, 1, "b")};
+    actl_compose_opts o = actl_compose_default_opts();
+    actl_adapter *res = NULL;
+    assert_ok(actl_compose(in, 2, &o, &res, NULL));
+    /* ranks 2, 3, 3, 2 and 1: r = 3 (the larger of the tie), three modules in the patterns */
+    json_t *cfg = json_loads(actl_adapter_config(res), 0, NULL);
+    assert_non_null(cfg);
+    int r = (int)json_integer_value(json_object_get(cfg, "r"));
+    assert_int_equal(r, 3);
+    json_t *rp = json_object_get(cfg, "rank_pattern"), *ap = json_object_get(cfg, "alpha_pattern");
+    assert_int_equal(json_object_size(rp), 3);
+    assert_true(json_equal(rp, ap));
+    size_t nm = actl_adapter_module_count(res);
+    assert_int_equal(nm, 5);
+    for (int older = 0; older < 2; older++) {
+        const char *k;
+        json_t *v;
+        size_t covered = 0;
+        json_object_foreach(rp, k, v) {
+            size_t hits = 0;
+            for (size_t i = 0; i < nm; i++) {
+                actl_module_info mi;
+                assert_ok(actl_adapter_module(res, i, &mi));
+                if (!peft_matches(k, mi.name, older))
+                    continue;
+                hits++;
+                if (mi.rank != json_integer_value(v) || mi.rank == r)
+                    fail_msg("%s rule: key '%s' (%lld) matches '%s' of rank %d",
+                             older ? "older" : "newer", k, (long long)json_integer_value(v),
+                             mi.name, mi.rank);
+            }
+            if (hits != 1)
+                fail_msg("%s rule: key '%s' matches %zu modules", older ? "older" : "newer", k,
+                         hits);
+            covered++;
+        }
+        /* every module of another rank than r has its key: the three above */
+        size_t other = 0;
+        for (size_t i = 0; i < nm; i++) {
+            actl_module_info mi;
+            assert_ok(actl_adapter_module(res, i, &mi));
+            other += mi.rank != r;
+        }
+        assert_int_equal(covered, other);
+    }
+    json_decref(cfg);
+    actl_adapter_free(res);
+    actl_adapter_free(a);
+    actl_adapter_free(b);
 }
 
 /* ---- refusals ----------------------------------------------------------------------- */
@@ -1633,6 +1830,11 @@ int main(void)
         cmocka_unit_test(test_compose__road1_sequential_stays_road1),
         cmocka_unit_test(test_compose__union_of_disjoint_adapters_commutes),
         cmocka_unit_test(test_compose__lineage_records_inputs_options_and_error),
+        cmocka_unit_test(test_compose__lineage_options_are_the_methods_own_with_the_effective_rank),
+        cmocka_unit_test(test_compose__lineage_refuses_a_non_finite_value_saying_which),
+        cmocka_unit_test(test_compose__refuses_weights_too_large_for_the_result),
+        cmocka_unit_test(test_compose__refuses_weighted_inputs_carrying_saved_modules),
+        cmocka_unit_test(test_compose__pattern_keys_match_their_module_under_old_and_new_peft),
         cmocka_unit_test(test_compose__refuses_dora_for_every_factor_method),
         cmocka_unit_test(test_compose__refuses_unequal_ranks_for_linear),
         cmocka_unit_test(test_compose__refuses_bottleneck_and_mixed_kinds),

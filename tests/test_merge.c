@@ -139,6 +139,7 @@ typedef struct mt {
 typedef struct model {
     mt *t;
     size_t n;
+    char model_type[64]; /* config.json's, or "" */
 } model;
 
 static model model_load(const char *path)
@@ -147,7 +148,14 @@ static model model_load(const char *path)
     int rc = actl_ckpt_open(path, &ck);
     if (rc)
         fail_msg("open %s: %s", path, actl_errmsg());
-    model m = {calloc(actl_ckpt_count(ck) + 1, sizeof(mt)), actl_ckpt_count(ck)};
+    model m = {calloc(actl_ckpt_count(ck) + 1, sizeof(mt)), actl_ckpt_count(ck), ""};
+    char cfg[4096];
+    snprintf(cfg, sizeof cfg, "%s/config.json", path);
+    json_t *c = json_load_file(cfg, 0, NULL);
+    if (c && json_is_string(json_object_get(c, "model_type")))
+        snprintf(m.model_type, sizeof m.model_type, "%s",
+                 json_string_value(json_object_get(c, "model_type")));
+    json_decref(c);
     for (size_t i = 0; i < m.n; i++) {
         const actl_tensor *t = actl_ckpt_tensor(ck, i);
         mt *x = &m.t[i];
@@ -304,6 +312,27 @@ static int module_key(const char *key, const char *const *suffixes)
     return 0;
 }
 
+/* PEFT's rule for where fan_in_fan_out comes from: the base layer's type.
+ * transformers builds the attention and MLP projections (c_attn, c_proj,
+ * c_fc, q_attn) of GPT-2 and its relatives from Conv1D, which stores
+ * [in, out]; every other layer is nn.Linear, [out, in], whatever the flag. */
+static int ref_conv1d(const model *M, const char *module)
+{
+    static const char *const types[] = {"gpt2", "openai-gpt", "decision_transformer",
+                                        "imagegpt"};
+    static const char *const layers[] = {".c_attn", ".c_proj", ".c_fc", ".q_attn"};
+    int family = 0;
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        family |= !strcmp(M->model_type, types[i]);
+    size_t l = strlen(module);
+    for (size_t i = 0; family && i < sizeof layers / sizeof layers[0]; i++) {
+        size_t k = strlen(layers[i]);
+        if (l > k && !strcmp(module + l - k, layers[i]))
+            return 1;
+    }
+    return 0;
+}
+
 /* The reference merge of one input into M. */
 static void ref_apply(model *M, const actl_adapter *a, double w)
 {
@@ -350,7 +379,7 @@ static void ref_apply(model *M, const actl_adapter *a, double w)
         }
         double *A, *B, *mag = NULL;
         int64_t r, in, r2, out;
-        int transposed = info.fan_in_fan_out;
+        int transposed = ref_conv1d(M, mi.name);
         if (info.kind == ACTL_KIND_MOS) {
             /* DESIGN.md 3.4: A[j, s*in/l + k] = P_A[a[j*l+s], k]; B[s*out/l + k, j] = P_B[b[j*l+s], k] */
             const char *type = strrchr(mi.name, '.') + 1;
@@ -470,7 +499,18 @@ static size_t n_slack, n_checked16;
 /* Every tensor of out_dir against ref (as rounded to out_dt, or ref's own
  * dtype when out_dt < 0); untouched tensors of an unchanged dtype must be the
  * base's bytes. `what` names the case in failures. */
+static void compare_scaled(const model *ref, const model *scale, const char *out_dir,
+                           int out_dt, const char *what);
 static void compare(const model *ref, const char *out_dir, int out_dt, const char *what)
+{
+    compare_scaled(ref, NULL, out_dir, out_dt, what);
+}
+
+/* compare, with the F32 bound taken relative to the larger of the row's
+ * largest value in ref and in scale (the operands of an unmerge: fp32 errors
+ * follow the merged values subtracted from, which may exceed the result). */
+static void compare_scaled(const model *ref, const model *scale, const char *out_dir,
+                           int out_dt, const char *what)
 {
     model got = model_load(out_dir);
     assert_int_equal(got.n, ref->n);
@@ -494,8 +534,9 @@ static void compare(const model *ref, const char *out_dir, int out_dt, const cha
         for (int64_t row = 0; row < r->rows; row++) {
             int64_t n = r->ndim == 1 ? r->numel : r->cols, o0 = r->ndim == 1 ? 0 : row * r->cols;
             double mx = 0;
+            const mt *sc = scale ? model_find(scale, r->name) : NULL;
             for (int64_t k = 0; k < n; k++)
-                mx = fmax(mx, fabs(r->v[o0 + k]));
+                mx = fmax(mx, fmax(fabs(r->v[o0 + k]), sc ? fabs(sc->v[o0 + k]) : 0));
             for (int64_t k = 0; k < n; k++) {
                 size_t at = (size_t)(o0 + k);
                 double rv = r->v[at], gv = g->v[at];
@@ -912,13 +953,14 @@ static void restored(const char *base_dir, const char *out, const char *back, in
  * as stored (out), within the usual tolerances. */
 static void unmerge_ok(const char *out, const char *back, const loaded *l, const char *what)
 {
-    model mg = model_load(out);
+    model mg = model_load(out), merged = model_load(out);
     for (size_t i = 0; i < mg.n; i++)
         mg.t[i].touched = 1;
     for (size_t i = l->n; i-- > 0;)
         ref_unapply(&mg, l->a[i], l->in[i].weight);
-    compare(&mg, back, -1, what);
+    compare_scaled(&mg, &merged, back, -1, what);
     model_free(&mg);
+    model_free(&merged);
 }
 
 static int lora_only(const loaded *l)
@@ -1529,6 +1571,287 @@ static void test_merge__failure_while_writing_leaves_nothing(void **state)
     free(tmp);
 }
 
+/* ---- values that would not be finite ------------------------------------------- */
+
+/* A weight whose w s passes the float range (LoRA) or whose theta w and
+ * alpha^w overflow (RoAd) is refused before anything is written. */
+static void test_merge__refuses_weights_that_overflow_float(void **state)
+{
+    (void)state;
+    spec s1[] = {{"lora", 1e40}, {NULL, 0}}, s2[] = {{"road-1", 1e308}, {NULL, 0}};
+    loaded l = load_specs(s1);
+    refused(TINY, l.in, 1, NULL, ACTL_EINVAL, "beyond the float range");
+    free_loaded(&l);
+    l = load_specs(s2);
+    refused(TINY, l.in, 1, NULL, ACTL_EINVAL, "RoAd coefficients that are not finite");
+    free_loaded(&l);
+}
+
+/* r 1, A and B all ones on q_proj [32, 32]: the delta is w lora_alpha everywhere. */
+static actl_adapter *ones_lora(double lora_alpha, double poison)
+{
+    actl_tensor *ts[2];
+    ts[0] = rand_tensor(PREFIX "model.layers.0.self_attn.q_proj.lora_A.weight", ACTL_F32, 1, 32, 0, 1);
+    ts[1] = rand_tensor(PREFIX "model.layers.0.self_attn.q_proj.lora_B.weight", ACTL_F32, 32, 1, 0, 1);
+    if (poison != 1) {
+        float f = (float)poison;
+        memcpy((unsigned char *)actl_tensor_data(ts[1]) + 4 * 7, &f, 4);
+    }
+    char cfg[256];
+    snprintf(cfg, sizeof cfg, "{\"peft_type\": \"LORA\", \"r\": 1, \"lora_alpha\": %g, "
+             "\"target_modules\": [\"q_proj\"]}", lora_alpha);
+    return make_adapter(cfg, ts, 2);
+}
+
+/* An infinity or NaN inside an adapter is refused, naming the adapter and tensor. */
+static void test_merge__refuses_non_finite_adapter_tensors(void **state)
+{
+    (void)state;
+    const double bad[] = {NAN, INFINITY, -INFINITY};
+    for (size_t k = 0; k < 3; k++) {
+        actl_adapter *a = ones_lora(1, bad[k]);
+        actl_input in = {a, 1, "poisoned", NULL};
+        refused(TINY, &in, 1, NULL, ACTL_EINVAL,
+                "'poisoned': tensor '" PREFIX "model.layers.0.self_attn.q_proj.lora_B.weight' "
+                "holds a non-finite value");
+        actl_adapter_free(a);
+    }
+}
+
+/* Each weight fits in float, their sum does not: W + 3e38 + 3e38 overflows in
+ * the block, which fails the merge and names the tensor. */
+static void test_merge__refuses_results_that_overflow(void **state)
+{
+    (void)state;
+    actl_adapter *a = ones_lora(1, 1);
+    actl_input in[2] = {{a, 3e38, "big", NULL}, {a, 3e38, "big", NULL}};
+    char *tmp = test_tmpdir(), *out = test_join(tmp, "out");
+    assert_ok(actl_merge(TINY, out, in, 1, NULL, NULL)); /* one of them fits */
+    test_rmtree(tmp);
+    free(out);
+    free(tmp);
+    refused(TINY, in, 2, NULL, ACTL_EINVAL,
+            "tensor 'model.layers.0.self_attn.q_proj.weight': element 0 (row 0) is finite in the "
+            "base but not after the adapters' changes");
+    actl_adapter_free(a);
+}
+
+/* F16 stops at 65504: converting a base that holds 70000 fails, naming the
+ * tensor; a base already holding an infinity passes it through. */
+static void test_merge__refuses_f16_overflow_but_keeps_existing_infinities(void **state)
+{
+    (void)state;
+    char *tmp = test_tmpdir(), *base = test_join(tmp, "base"), *out = test_join(tmp, "out");
+    assert_int_equal(mkdir(base, 0777), 0);
+    actl_tensor *ts[2];
+    ts[0] = rand_tensor("model.norm.weight", ACTL_F32, 64, 0, 0.1, 1);
+    ts[1] = rand_tensor("model.layers.0.mlp.up_proj.weight", ACTL_F32, 16, 8, 0.2, 0);
+    float big = 70000.0f, inf = INFINITY;
+    memcpy((unsigned char *)actl_tensor_data(ts[1]) + 4 * 21, &big, 4);
+    memcpy((unsigned char *)actl_tensor_data(ts[0]) + 4 * 3, &inf, 4);
+    char *p = test_join(base, "model.safetensors");
+    assert_ok(actl_st_write(p, (const actl_tensor *const *)ts, 2, NULL));
+    actl_merge_opts o = actl_merge_default_opts();
+    o.dtype = ACTL_F16;
+    assert_err(actl_merge(base, out, NULL, 0, &o, NULL), ACTL_EINVAL,
+               "tensor 'model.layers.0.mlp.up_proj.weight': element 21 (row 2) is finite in the "
+               "base but not after rounding 70000 to F16");
+    assert_no_output(out);
+    /* without the large value the infinity of the base goes through as it is */
+    float ok = 1.0f;
+    memcpy((unsigned char *)actl_tensor_data(ts[1]) + 4 * 21, &ok, 4);
+    assert_int_equal(unlink(p), 0);
+    assert_ok(actl_st_write(p, (const actl_tensor *const *)ts, 2, NULL));
+    assert_ok(actl_merge(base, out, NULL, 0, &o, NULL));
+    model m = model_load(out);
+    assert_true(isinf(model_find(&m, "model.norm.weight")->v[3]));
+    model_free(&m);
+    actl_tensor_free(ts[0]);
+    actl_tensor_free(ts[1]);
+    test_rmtree(tmp);
+    free(p);
+    free(base);
+    free(out);
+    free(tmp);
+}
+
+/* ---- tied embeddings ------------------------------------------------------------ */
+
+/* base-tiny with config.json's tie_word_embeddings set to true. */
+static void gen_tied_base(const char *dir)
+{
+    gen_base(dir, ACTL_F32, 0, 0, NULL);
+    char *cfg = test_join(dir, "config.json");
+    json_t *c = load_json(cfg);
+    json_object_set_new(c, "tie_word_embeddings", json_true());
+    assert_int_equal(json_dump_file(c, cfg, JSON_INDENT(2)), 0);
+    json_decref(c);
+    free(cfg);
+}
+
+/* An embedding LoRA, or a tensor replacing lm_head, on a base that ties the
+ * two is refused unless forced; adapters elsewhere merge as usual. */
+static void test_merge__refuses_embeddings_and_head_of_a_tied_base_unless_forced(void **state)
+{
+    (void)state;
+    char *tmp = test_tmpdir(), *base = test_join(tmp, "tied"), *out = test_join(tmp, "out");
+    gen_tied_base(base);
+    spec se[] = {{"lora-embedding", 1}, {NULL, 0}}, sl[] = {{"lora", 1}, {NULL, 0}};
+    loaded l = load_specs(se);
+    /* the embedding LoRA on embed_tokens and lm_head from modules_to_save: the
+     * first in name order is lm_head */
+    refused(base, l.in, 1, NULL, ACTL_EINVAL,
+            "ties its input embeddings to its output head (tie_word_embeddings), so "
+            "'lm_head.weight' is one matrix used twice");
+    /* the embedding alone */
+    actl_tensor *ts[2];
+    ts[0] = rand_tensor(PREFIX "model.embed_tokens.lora_embedding_A", ACTL_F32, 2, 64, 0.5, 0);
+    ts[1] = rand_tensor(PREFIX "model.embed_tokens.lora_embedding_B", ACTL_F32, 32, 2, 0.5, 0);
+    actl_adapter *emb = make_adapter("{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4,"
+                                     " \"target_modules\": [\"embed_tokens\"]}", ts, 2);
+    actl_input ein = {emb, 1, "emb", NULL};
+    refused(base, &ein, 1, NULL, ACTL_EINVAL, "'model.embed_tokens.weight' is one matrix used twice");
+    actl_merge_opts o = actl_merge_default_opts();
+    o.force = 1;
+    assert_ok(actl_merge(base, out, l.in, 1, &o, NULL));
+    model ref = model_load(base);
+    ref_apply(&ref, l.a[0], 1);
+    compare(&ref, out, -1, "forced into a tied base");
+    model_free(&ref);
+    free_loaded(&l);
+    actl_adapter_free(emb);
+    test_rmtree(out);
+    l = load_specs(sl);
+    assert_ok(actl_merge(base, out, l.in, 1, NULL, NULL));
+    free_loaded(&l);
+    test_rmtree(tmp);
+    free(base);
+    free(out);
+    free(tmp);
+}
+
+/* ---- Conv1D bases ----------------------------------------------------------------- */
+
+/* A GPT-2 style base (model_type gpt2): the Conv1D projection c_attn stores
+ * [in 16, out 48], lm_head is nn.Linear [vocab 40, 16]. PEFT makes c_attn's
+ * delta (B A)^T whatever fan_in_fan_out says, and lm_head's B A. */
+static void test_merge__conv1d_base_orientation_follows_the_layer_not_the_flag(void **state)
+{
+    (void)state;
+    char *tmp = test_tmpdir(), *base = test_join(tmp, "gpt2"), *out = test_join(tmp, "out");
+    assert_int_equal(mkdir(base, 0777), 0);
+    actl_tensor *bt[3];
+    bt[0] = rand_tensor("h.0.attn.c_attn.weight", ACTL_F32, 16, 48, 0.2, 0);
+    bt[1] = rand_tensor("h.0.attn.c_attn.bias", ACTL_F32, 48, 0, 0.2, 0);
+    bt[2] = rand_tensor("lm_head.weight", ACTL_F32, 40, 16, 0.2, 0);
+    char *p = test_join(base, "model.safetensors"), *cfg = test_join(base, "config.json");
+    assert_ok(actl_st_write(p, (const actl_tensor *const *)bt, 3, NULL));
+    for (int i = 0; i < 3; i++)
+        actl_tensor_free(bt[i]);
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fputs("{\"model_type\": \"gpt2\", \"_name_or_path\": \"tiny-gpt2\"}\n", f);
+    fclose(f);
+    for (int fan = 0; fan < 2; fan++) {
+        actl_tensor *ts[4];
+        ts[0] = rand_tensor(PREFIX "h.0.attn.c_attn.lora_A.weight", ACTL_F32, 2, 16, 0.5, 0);
+        ts[1] = rand_tensor(PREFIX "h.0.attn.c_attn.lora_B.weight", ACTL_F32, 48, 2, 0.5, 0);
+        ts[2] = rand_tensor(PREFIX "lm_head.lora_A.weight", ACTL_F32, 2, 16, 0.5, 0);
+        ts[3] = rand_tensor(PREFIX "lm_head.lora_B.weight", ACTL_F32, 40, 2, 0.5, 0);
+        char c[256];
+        snprintf(c, sizeof c, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, "
+                 "\"fan_in_fan_out\": %s, \"target_modules\": [\"c_attn\", \"lm_head\"]}",
+                 fan ? "true" : "false");
+        actl_adapter *a = make_adapter(c, ts, 4);
+        actl_input in = {a, 0.75, "gpt2-lora", NULL};
+        assert_ok(actl_merge(base, out, &in, 1, NULL, NULL));
+        model ref = model_load(base);
+        assert_string_equal(ref.model_type, "gpt2");
+        ref_apply(&ref, a, 0.75);
+        compare(&ref, out, -1, fan ? "gpt2, fan_in_fan_out true" : "gpt2, fan_in_fan_out false");
+        model_free(&ref);
+        test_rmtree(out);
+        actl_adapter_free(a);
+    }
+    test_rmtree(tmp);
+    free(p);
+    free(cfg);
+    free(base);
+    free(out);
+    free(tmp);
+}
+
+/* ---- replaced tensors stream by row block ----------------------------------------- */
+
+static long status_kb(const char *key)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = -1;
+    size_t n = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, n))
+            v = atol(line + n);
+    if (f)
+        fclose(f);
+    return v;
+}
+
+/* A modules_to_save lm_head of 32 MB replaces the base's: the peak resident
+ * memory of the merge stays far below the tensor's size (it was widened
+ * whole to fp32 before). The peak is reset through /proc/self/clear_refs. */
+static void test_merge__replaced_tensor_is_widened_per_row_block(void **state)
+{
+    (void)state;
+    char *tmp = test_tmpdir(), *base = test_join(tmp, "base"), *out = test_join(tmp, "out");
+    assert_int_equal(mkdir(base, 0777), 0);
+    const int64_t vocab = 16384, dim = 512; /* 32 MiB in F32 */
+    actl_tensor *bt[2] = {rand_tensor("lm_head.weight", ACTL_F32, vocab, dim, 0.2, 0),
+                          rand_tensor("model.layers.0.self_attn.q_proj.weight", ACTL_F32, 8, 8,
+                                      0.2, 0)};
+    char *p = test_join(base, "model.safetensors");
+    assert_ok(actl_st_write(p, (const actl_tensor *const *)bt, 2, NULL));
+    actl_tensor_free(bt[0]);
+    actl_tensor_free(bt[1]);
+    /* BF16, so the widened fp32 copy of before would have been twice its size */
+    actl_tensor *ts[3] = {
+        rand_tensor(PREFIX "lm_head.weight", ACTL_BF16, vocab, dim, 0.2, 0),
+        rand_tensor(PREFIX "model.layers.0.self_attn.q_proj.lora_A.weight", ACTL_F32, 1, 8, 0.5, 0),
+        rand_tensor(PREFIX "model.layers.0.self_attn.q_proj.lora_B.weight", ACTL_F32, 8, 1, 0.5, 0)};
+    actl_adapter *a = make_adapter("{\"peft_type\": \"LORA\", \"r\": 1, \"lora_alpha\": 1, "
+                                   "\"target_modules\": [\"q_proj\"], "
+                                   "\"modules_to_save\": [\"lm_head\"]}", ts, 3);
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f || fputs("5", f) == EOF || fclose(f) != 0) {
+        actl_adapter_free(a);
+        test_rmtree(tmp);
+        free(p);
+        free(base);
+        free(out);
+        free(tmp);
+        skip();
+    }
+    long before = status_kb("VmRSS:");
+    actl_input in = {a, 0.5, "head", NULL};
+    actl_merge_opts o = actl_merge_default_opts();
+    o.threads = 2;
+    assert_ok(actl_merge(base, out, &in, 1, &o, NULL));
+    long peak = status_kb("VmHWM:");
+    print_message("replaced lm_head of %lld MiB: peak RSS grew by %.1f MiB\n",
+                  (long long)(vocab * dim * 4 >> 20), (double)(peak - before) / 1024);
+    assert_true(peak - before < (long)(vocab * dim * 4 / 1024 / 4));
+    model ref = model_load(base);
+    ref_apply(&ref, a, 0.5);
+    compare(&ref, out, -1, "replaced lm_head at 0.5");
+    model_free(&ref);
+    actl_adapter_free(a);
+    test_rmtree(tmp);
+    free(p);
+    free(base);
+    free(out);
+    free(tmp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1554,6 +1877,13 @@ int main(void)
         cmocka_unit_test(test_merge__refuses_to_unmerge_replaced_tensors),
         cmocka_unit_test(test_merge__refuses_bad_arguments),
         cmocka_unit_test(test_merge__failure_while_writing_leaves_nothing),
+        cmocka_unit_test(test_merge__refuses_weights_that_overflow_float),
+        cmocka_unit_test(test_merge__refuses_non_finite_adapter_tensors),
+        cmocka_unit_test(test_merge__refuses_results_that_overflow),
+        cmocka_unit_test(test_merge__refuses_f16_overflow_but_keeps_existing_infinities),
+        cmocka_unit_test(test_merge__refuses_embeddings_and_head_of_a_tied_base_unless_forced),
+        cmocka_unit_test(test_merge__conv1d_base_orientation_follows_the_layer_not_the_flag),
+        cmocka_unit_test(test_merge__replaced_tensor_is_widened_per_row_block),
     };
     int rc = cmocka_run_group_tests(tests, setup_bases, teardown_bases);
     printf("16-bit elements checked: %zu, of which %zu within the fp32 allowance only\n",

@@ -582,23 +582,28 @@ static void test_stack__base_model_is_the_members_common_one_or_the_callers(void
     assert_ok(actl_store_add_stack(f.s, agree, 2, &o, &l));
     assert_string_equal(actl_entries_get(l, 0)->base_model, BASE_ID);
     actl_entries_free(l);
-    /* members that differ: none */
-    actl_input differ[2] = {{lora, 1, "lora-dir", NULL}, {other, 1, "other-dir", NULL}};
+    /* members made for different bases are refused, naming both, and nothing is written */
+    actl_input differ[3] = {{lora, 1, "lora-dir", NULL},
+                            {none, 1, "none-dir", NULL},
+                            {other, 1, "other-dir", NULL}};
     o.name = "differ";
-    assert_ok(actl_store_add_stack(f.s, differ, 2, &o, &l));
-    assert_null(actl_entries_get(l, 0)->base_model);
-    actl_entries_free(l);
-    /* the caller's word wins */
+    l = (actl_entries *)1;
+    assert_err(actl_store_add_stack(f.s, differ, 3, &o, &l), ACTL_EINVAL,
+               "stack 'differ': members were made for different base models: member 1 "
+               "'lora-dir' for '" BASE_ID "', member 3 'other-dir' for 'other/base'");
+    assert_null(l);
+    assert_int_equal(count_packs(&f), 2);
+    assert_int_equal(sql_int(f.store, "SELECT count(*) FROM adapters WHERE name = 'differ'"), 0);
+    /* the caller's word wins: it asserts the base */
     o.name = "given";
     o.base_model = "my/base";
-    assert_ok(actl_store_add_stack(f.s, differ, 2, &o, &l));
+    assert_ok(actl_store_add_stack(f.s, differ, 3, &o, &l));
     assert_string_equal(actl_entries_get(l, 0)->base_model, "my/base");
     /* and a lineage the caller passes does not replace the recipe */
     actl_entries_free(l);
     o.name = "recipe";
-    o.base_model = NULL;
     o.lineage = "{\"method\": \"something else\"}";
-    assert_ok(actl_store_add_stack(f.s, differ, 2, &o, &l));
+    assert_ok(actl_store_add_stack(f.s, differ, 3, &o, &l));
     json_t *lin = json_loads(actl_entries_get(l, 0)->lineage, 0, NULL);
     assert_string_equal(json_string_value(json_object_get(lin, "method")), "stack");
     json_decref(lin);

@@ -53,6 +53,14 @@ def pattern(pats, name):
             return v
     return None
 
+def pattern_old(pats, name):
+    """Older PEFT releases' rule: the first key K with re.match(r".*\\.K$", name), which needs a
+    dot before the key."""
+    for k, v in (pats or {}).items():
+        if re.match(r".*\.%s$" % k, name):
+            return v
+    return None
+
 def lora(d):
     """{module: (out, in, r, scale, A, B)} of a LoRA directory, scale from the config rules."""
     cfg, ts = load(d)
@@ -163,6 +171,15 @@ def config_check(d):
         rp = pattern(cfg.get("rank_pattern"), name)
         if (cfg["r"] if rp is None else rp) != r:
             print(name, "rank", r, "but the config gives", rp, cfg["r"])
+        old = pattern_old(cfg.get("rank_pattern"), name)
+        if (cfg["r"] if old is None else old) != r:
+            print(name, "rank", r, "but older PEFT reads", old, cfg["r"])
+    # each key selects exactly one module, under both rules
+    for k in (cfg.get("rank_pattern") or {}):
+        for rule in (r"(.*\.)?(%s)$", r".*\.%s$"):
+            hits = [n for n in mods if re.match(rule % k, n)]
+            if len(hits) != 1:
+                print("key", k, "under", rule, "matches", hits)
         if s != 1.0:
             print(name, "scale", s)
     if sorted(cfg.get("target_modules", [])) != sorted(mods):
@@ -303,6 +320,10 @@ check_rc "cat: export" 0
 check_py "cat: B A equals the inputs' deltas summed with their weights" sum_check "$TMP/cat" 1e-5 \
     "$F/lora" 0.5 "$F/lora-patterns" -1.5 "$F/lora-bf16" 2
 check_py "cat: export is a PEFT LoRA with use_rslora false and lora_alpha = r" config_check "$TMP/cat"
+check "cat: lineage options are empty (cat takes none)" "{}" \
+    "$(py field "$TMP/cat.json" lineage options)"
+check_has "cat: the export has rank patterns (the check above covers them)" "rank_pattern" \
+    "$(cat "$TMP/cat/adapter_config.json")"
 
 st show mix
 check_rc "show mix" 0
@@ -321,11 +342,17 @@ st export full "$TMP/svd"
 check_py "svd at full rank equals the sum" sum_check "$TMP/svd" 1e-4 "$F/lora" 0.5 \
     "$F/lora-patterns" -1.5
 check_py "svd: config" config_check "$TMP/svd"
+# the largest: layers.1 q_proj, rank 8 in lora plus 6 in lora-patterns (its first matching key)
+check "svd default rank: lineage records the result's largest rank" \
+    '{"rank": 14, "rank_default": true}' "$(py field "$TMP/svd.json" lineage options)"
+st compose --method svd --out fulltext lora:0.5 "$F/lora-patterns:-1.5"
+check_has "svd at full rank: text output says exact" "svd of 2 inputs: exact," "$out"
 
 st --json compose --method svd --rank 2 --out low lora:0.5 "$F/lora-patterns:-1.5"
 check_rc "svd --rank 2: exit 0" 0
 cp "$TMP/out" "$TMP/low.json"
-check "svd --rank 2: lineage rank" "2" "$(py field "$TMP/low.json" lineage options rank)"
+check "svd --rank 2: lineage options are the rank only" '{"rank": 2}' \
+    "$(py field "$TMP/low.json" lineage options)"
 check "svd --rank 2: lineage exact" "false" "$(py field "$TMP/low.json" lineage exact)"
 st export low "$TMP/low"
 check_py "svd --rank 2: reported error = actual error = optimal (Jacobi) per module and overall" \
@@ -333,6 +360,7 @@ check_py "svd --rank 2: reported error = actual error = optimal (Jacobi) per mod
 check_py "svd --rank 2: config" config_check "$TMP/low"
 st compose --method svd --rank 2 --out lowtext lora:0.5 "$F/lora-patterns:-1.5"
 check_has "svd text output gives the overall error" "relative error" "$out"
+check_has "svd --rank 2: text output says inexact" "svd of 2 inputs: inexact," "$out"
 
 # ---- pruning methods, then SVD -------------------------------------------------------
 for m in ties dare_linear dare_ties magnitude_prune; do
@@ -374,6 +402,8 @@ check "dare: the recorded seed reproduces the adapter" "$p4" "$(py field "$TMP/o
 st compose --method linear --out lin "$F/lora-f16" lora-bf16:0.5
 check_rc "linear: exit 0" 0
 check_has "linear: warns that it is inexact" "inexact" "$err"
+check_lacks "linear: does not claim svd is always exact" "svd are exact" "$err"
+check_has "linear: svd is exact at full rank" "svd at full rank" "$err"
 st --json show lin
 check "linear: lineage exact false" "false" "$(py field "$TMP/out" lineage exact)"
 st export lin "$TMP/lin"
@@ -459,6 +489,14 @@ refuse "seed above 2^63-1" 1 "above 2^63-1" --method dare_linear --seed 18446744
 refuse "unknown input" 1 "nosuch" --method cat --out x nosuch
 refuse "different base models" 1 "different base models" --method cat --out x lora \
     "$PWD/fixtures/adapters/hf-tiny/lora"
+refuse "weights too large for cat" 1 "the weights are too large" --method cat --out s2 \
+    "$F/lora:1e300"
+refuse "weights too large for dare_linear (not reported as out of memory)" 1 \
+    "the weights are too large" --method dare_linear --out s2 "$F/lora:1e300" "$F/lora-patterns"
+check_lacks "weights too large: not called out of memory" "out of memory" "$err"
+refuse "weighted input carrying modules_to_save" 1 \
+    "has weight 0.5 but carries tensor 'base_model.model.lm_head.weight'" --method cat --out x \
+    lora "$F/lora-embedding:0.5"
 
 echo "test_compose.sh: $npass passed, $nfail failed"
 [ "$nfail" -eq 0 ]

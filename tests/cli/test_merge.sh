@@ -211,5 +211,107 @@ run --store "$S" merge --base "$BASE" --out "$TMP/r5" "$TMP/no-such-adapter"
 check_rc "an unknown adapter fails" 1
 nothing "an unknown adapter writes nothing" "$TMP/r5"
 
+# ---- values that would not be finite ----------------------------------------------
+run merge --base "$FIX/base-tiny" --out "$TMP/inf1" "$A/lora:1e40"
+check_rc "a LoRA weight past the float range is refused" 1
+check_has "the refusal says why" "beyond the float range" "$err"
+nothing "a refused huge LoRA weight writes nothing" "$TMP/inf1"
+run merge --base "$FIX/base-tiny" --out "$TMP/inf2" "$A/road-1:1e308"
+check_rc "a RoAd weight that overflows its coefficients is refused" 1
+check_has "the RoAd refusal says why" "not finite" "$err"
+nothing "a refused huge RoAd weight writes nothing" "$TMP/inf2"
+
+# ---- a stack merges as its members in order ------------------------------------------
+st add "$A/road-2" --name st-road
+st compose --method stack --out st-mix tiny-lora:0.5 st-road:-0.75 "$A/lora-dora:0.3"
+check_rc "compose --method stack" 0
+st merge --base "$FIX/base-tiny" --out "$TMP/stack" st-mix:2
+check_rc "merge of a stack" 0
+st merge --base "$FIX/base-tiny" --out "$TMP/members" tiny-lora:1 st-road:-1.5 "$A/lora-dora:0.6"
+check_rc "merge of the stack's members with its weights times 2" 0
+check_py "a stack merges as its members, in order, weights multiplied" same "$TMP/stack" "$TMP/members"
+st merge --base "$FIX/base-tiny" --out "$TMP/reordered" st-road:-1.5 tiny-lora:1 "$A/lora-dora:0.6"
+check_rc "the members in another order" 0
+if [ -z "$(py same "$TMP/stack" "$TMP/reordered")" ]; then
+    fail "the order of a stack's members matters (RoAd then LoRA differs)" "same output"
+else pass "the order of a stack's members matters (RoAd then LoRA differs)"; fi
+
+# ---- SIGTERM, SIGINT, SIGHUP: the merge stops and leaves nothing --------------------------
+# A 200 MB base and a rank-256 LoRA on its one weight, generated here: a merge
+# on one thread takes a good part of a second. The process is stopped as soon
+# as its temporary directory appears, signalled, then resumed, so the signal
+# lands mid-merge however fast the machine is.
+cat >"$TMP/gen_big.py" <<'PYEOF'
+import json, os, struct, sys
+def st_write(path, tensors):
+    hdr, off = {}, 0
+    for k, (shape, b) in sorted(tensors.items()):
+        hdr[k] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + len(b)]}
+        off += len(b)
+    h = json.dumps(hdr, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for k in sorted(tensors):
+            f.write(tensors[k][1])
+def pattern(n, seed):
+    return struct.pack("<%df" % n, *[(((i + seed) * 7919) % 1000) / 1000.0 - 0.5 for i in range(n)])
+d, a = sys.argv[1], sys.argv[2]
+rows, cols, r = 12800, 4096, 256  # 200 MiB of F32
+os.makedirs(d)
+os.makedirs(a)
+json.dump({"model_type": "llama", "_name_or_path": "big"}, open(os.path.join(d, "config.json"), "w"))
+st_write(os.path.join(d, "model.safetensors"),
+         {"model.extra.weight": ([rows, cols], pattern(64 * cols, 0) * (rows // 64))})
+json.dump({"peft_type": "LORA", "r": r, "lora_alpha": r, "target_modules": ["extra"]},
+          open(os.path.join(a, "adapter_config.json"), "w"))
+st_write(os.path.join(a, "adapter_model.safetensors"),
+         {"base_model.model.model.extra.lora_A.weight": ([r, cols], pattern(r * cols, 1)),
+          "base_model.model.model.extra.lora_B.weight": ([rows, r], pattern(rows * r, 2))})
+PYEOF
+"$PY" "$TMP/gen_big.py" "$TMP/big" "$TMP/big-lora"
+for sig in TERM INT HUP; do
+    out_dir=$TMP/int-$sig
+    # job control on: a background job of a script would otherwise ignore SIGINT
+    set -m
+    "$BIN" merge --threads 1 --base "$TMP/big" --out "$out_dir" "$TMP/big-lora" \
+        >"$TMP/int.out" 2>"$TMP/int.err" &
+    pid=$!
+    set +m
+    for _ in $(seq 1 2000); do
+        compgen -G "$TMP/.int-$sig.tmp-*" >/dev/null && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.005
+    done
+    kill -STOP "$pid" 2>/dev/null
+    started=$(compgen -G "$TMP/.int-$sig.tmp-*" >/dev/null && echo yes || echo no)
+    kill -"$sig" "$pid" 2>/dev/null
+    kill -CONT "$pid" 2>/dev/null
+    wait "$pid"
+    rc=$?
+    err=$(cat "$TMP/int.err")
+    check "the merge had started writing when SIG$sig came" yes "$started"
+    check_rc "SIG$sig stops the merge with exit status 1" 1
+    check_has "SIG$sig: the message says it was interrupted" "interrupted" "$err"
+    nothing "SIG$sig leaves neither the output nor the temporary directory" "$out_dir"
+done
+# an ignored signal stays ignored (nohup): the merge completes
+(trap '' HUP; exec "$BIN" merge --threads 1 --base "$TMP/big" --out "$TMP/nohup" "$TMP/big-lora" \
+    >"$TMP/int.out" 2>"$TMP/int.err") &
+pid=$!
+for _ in $(seq 1 2000); do
+    compgen -G "$TMP/.nohup.tmp-*" >/dev/null && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.005
+done
+kill -HUP "$pid" 2>/dev/null
+wait "$pid"
+rc=$?
+check_rc "an ignored SIGHUP does not stop the merge" 0
+if [ -e "$TMP/nohup/model.safetensors" ]; then pass "the merge ignoring SIGHUP completed"
+else fail "the merge ignoring SIGHUP completed" "no $TMP/nohup/model.safetensors"; fi
+rm -rf "$TMP/nohup" "$TMP/big" "$TMP/big-lora"
+
 echo "$npass passed, $nfail failed"
 [ "$nfail" -eq 0 ]

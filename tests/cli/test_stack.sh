@@ -273,6 +273,12 @@ check_rc "compose with a missing input exits 1" 1
 check_has "and names it" "nosuch" "$err"
 check "no pack is written" "$BEFORE" "$(py packs "$S")"
 check "no row is written" "$ROWS" "$(py sql "$S/catalog.db" "SELECT count(*) FROM adapters")"
+# members made for different base models are refused, naming both; nothing is written
+st compose --method stack --out bases c "$PWD/fixtures/adapters/hf-tiny/lora"
+check_rc "a stack of members for different bases exits 1" 1
+check_has "and names both members and bases" "member 1 'c@1' for 'adapterctl/base-tiny', member 2 '$PWD/fixtures/adapters/hf-tiny/lora' for 'stas/tiny-random-llama-2'" "$err"
+check "no pack is written for it" "$BEFORE" "$(py packs "$S")"
+check "no row is written for it" "$ROWS" "$(py sql "$S/catalog.db" "SELECT count(*) FROM adapters")"
 
 # ---- rm of the stacks lets gc take the packs ---------------------------------
 
