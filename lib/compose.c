@@ -1247,26 +1247,6 @@ static int compose_lora(job *j)
 
 /* ---- RoAd methods ------------------------------------------------------------ */
 
-/* alpha^w as road.c weights it: w = 1 is alpha itself, w = 0 the identity,
- * other weights need alpha > 0. */
-static int weighted_alpha(double alpha, double w, const input *x, const char *module,
-                          double *out)
-{
-    if (w == 1.0) {
-        *out = alpha;
-        return ACTL_OK;
-    }
-    if (w == 0.0) {
-        *out = 1.0;
-        return ACTL_OK;
-    }
-    if (!(alpha > 0.0))
-        return actl__err(ACTL_EINVAL,
-                         "'%s': module '%s': a road_alpha of %g has no real power %g; only "
-                         "weight 1 applies a non-positive alpha", x->ref, module, alpha, w);
-    *out = pow(alpha, w);
-    return ACTL_OK;
-}
 
 /* A RoAd module's parameters under weight w (theta*w, alpha^w), as doubles of
  * the module's own variant and length. */
@@ -1281,7 +1261,7 @@ static int road_params(const input *x, const actl__module *m, double *alpha, dou
             return actl__err(ACTL_EINVAL, "'%s': module '%s': road_alpha or road_theta holds a "
                              "non-finite value at %lld", x->ref, m->info.name, (long long)t);
         theta[t] = x->w * th;
-        rc = weighted_alpha(a, x->w, x, m->info.name, &alpha[t]);
+        rc = actl__road_alpha_pow(a, x->w, x->ref, m->info.name, &alpha[t]);
     }
     return rc;
 }

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
@@ -194,4 +195,108 @@ out_notmp:
     free(tmp);
     free(dcopy);
     return rc;
+}
+
+void actl__remove_tree(const char *path)
+{
+    struct stat sb;
+    if (lstat(path, &sb) != 0)
+        return;
+    if (!S_ISDIR(sb.st_mode)) {
+        (void)unlink(path);
+        return;
+    }
+    DIR *d = opendir(path);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        char *p = actl__path_join(path, e->d_name);
+        if (p)
+            actl__remove_tree(p);
+        free(p);
+    }
+    if (d)
+        closedir(d);
+    (void)rmdir(path);
+}
+
+static bool dir_is_empty(const char *path)
+{
+    DIR *d = opendir(path);
+    struct dirent *e;
+    bool empty = d != NULL;
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            empty = false;
+            break;
+        }
+    if (d)
+        closedir(d);
+    return empty;
+}
+
+int actl__dir_stage(const char *dir, actl__staged_dir *d)
+{
+    int rc = ACTL_OK;
+    memset(d, 0, sizeof *d);
+    /* "out/" and "out" are the same target; rename() wants the bare name. */
+    if (!(d->target = strdup(dir))) {
+        rc = actl__oom();
+        goto out;
+    }
+    for (size_t l = strlen(d->target); l > 1 && d->target[l - 1] == '/'; l--)
+        d->target[l - 1] = '\0';
+    if (actl__exists(d->target) && !(actl__is_dir(d->target) && dir_is_empty(d->target))) {
+        rc = actl__err(ACTL_EEXIST, "'%s' already exists and is not an empty directory",
+                       d->target);
+        goto out;
+    }
+    if (!(d->tmp = actl__strdup_printf("%s.tmp.XXXXXX", d->target))) {
+        rc = actl__oom();
+        goto out;
+    }
+    if (!mkdtemp(d->tmp)) {
+        rc = actl__err(ACTL_EIO, "cannot create a temporary directory for '%s': %s", d->target,
+                       strerror(errno));
+        free(d->tmp);
+        d->tmp = NULL;
+        goto out;
+    }
+    /* mkdtemp gives 0700; what we write should be as readable as any directory. */
+    mode_t um = umask(0);
+    umask(um);
+    (void)chmod(d->tmp, 0777 & ~um);
+out:
+    if (rc)
+        actl__dir_stage_free(d);
+    return rc;
+}
+
+int actl__dir_commit(actl__staged_dir *d)
+{
+    if (rename(d->tmp, d->target) != 0) {
+        int e = errno;
+        return e == ENOTEMPTY || e == EEXIST || e == ENOTDIR || e == EISDIR
+                   ? actl__err(ACTL_EEXIST, "'%s' already exists and is not an empty directory",
+                               d->target)
+                   : actl__err(ACTL_EIO, "cannot rename '%s' to '%s': %s", d->tmp, d->target,
+                               strerror(e));
+    }
+    d->committed = true;
+    char *parent = strdup(d->target);
+    if (!parent)
+        return actl__oom();
+    int rc = actl__fsync_dir(dirname(parent));
+    free(parent);
+    return rc;
+}
+
+void actl__dir_stage_free(actl__staged_dir *d)
+{
+    if (d->tmp && !d->committed)
+        actl__remove_tree(d->tmp);
+    free(d->target);
+    free(d->tmp);
+    memset(d, 0, sizeof *d);
 }

@@ -78,6 +78,22 @@ char *actl__path_join(const char *dir, const char *name);
 int actl__fsync_dir(const char *dir);
 bool actl__is_dir(const char *path);
 bool actl__exists(const char *path);
+/* Removes path and, for a directory, everything below it (best effort). */
+void actl__remove_tree(const char *path);
+/* A directory written whole or not at all. actl__dir_stage checks that dir
+ * is absent or an empty directory (ACTL_EEXIST) and makes the temporary
+ * sibling d->tmp ("dir.tmp.XXXXXX", readable as umask allows); the caller
+ * fills it; actl__dir_commit renames it onto d->target and fsyncs the
+ * parent; actl__dir_stage_free removes the temporary tree unless committed
+ * and frees d (harmless on a zeroed or failed d). */
+typedef struct actl__staged_dir {
+    char *target; /* dir without trailing slashes */
+    char *tmp;
+    bool committed;
+} actl__staged_dir;
+int actl__dir_stage(const char *dir, actl__staged_dir *d);
+int actl__dir_commit(actl__staged_dir *d);
+void actl__dir_stage_free(actl__staged_dir *d);
 /* malloc'd printf. */
 char *actl__strdup_printf(const char *fmt, ...) ACTL_PRINTF(1, 2);
 
@@ -485,6 +501,10 @@ int actl__pack_verify_load(const char *path, const char *expect_hex, actl_proble
 /* The output width a RoAd module's tensors imply (road_1: 2*len, road_2:
  * len, road_4: len/2), or 0 for a malformed module. */
 int64_t actl__road_out(const actl_adapter *a, const actl__module *m);
+/* alpha^w as a weight applies it: alpha itself at w = 1, 1 at w = 0, else
+ * pow, which needs alpha > 0 (ACTL_EINVAL naming who and module). */
+int actl__road_alpha_pow(double alpha, double w, const char *who, const char *module,
+                         double *out);
 /* Coefficients of module m under weight w (theta*w, alpha^w; w = 1 is the
  * adapter, w = 0 the identity) into c[out], s[out], out = actl__road_out.
  * ACTL_ESHAPE (naming the adapter and module) when the group size does not

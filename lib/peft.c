@@ -13,10 +13,8 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "internal.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
-#include <libgen.h>
 #include <math.h>
 #include <pcre2.h>
 #include <stdlib.h>
@@ -1138,80 +1136,18 @@ static int write_text(FILE *f, const char *tmp_path, void *ctx)
     return actl__fwrite_all(f, text, strlen(text), tmp_path);
 }
 
-/* 1 when dir is an empty directory, 0 when not (or absent). */
-static int dir_is_empty(const char *dir)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    int empty = 1;
-    if (!d)
-        return 0;
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
-            empty = 0;
-            break;
-        }
-    closedir(d);
-    return empty;
-}
-
-/* Removes our temporary directory and the files we put in it (it has no subdirectories). */
-static void remove_flat_dir(const char *dir)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    if (d) {
-        while ((e = readdir(d))) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char *p = actl__path_join(dir, e->d_name);
-            if (p)
-                unlink(p);
-            free(p);
-        }
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
 int actl_adapter_save(const actl_adapter *a, const char *dir)
 {
     int rc = ACTL_OK;
-    char *target = NULL, *parent_buf = NULL, *tmp = NULL, *cfg_path = NULL, *st_path = NULL;
-    char *text = NULL;
-    bool made_tmp = false;
+    actl__staged_dir d = {0};
+    char *cfg_path = NULL, *st_path = NULL, *text = NULL;
     static const char *const meta[] = {"format", "pt", NULL};
     if (!a || !dir || !*dir)
         return actl__err(ACTL_EINVAL, "adapter save: NULL argument");
-    /* "out/" and "out" are the same target; rename() wants the bare name. */
-    if (!(target = strdup(dir)) || !(parent_buf = strdup(dir))) {
-        rc = actl__oom();
+    if ((rc = actl__dir_stage(dir, &d)))
         goto out;
-    }
-    for (size_t l = strlen(target); l > 1 && target[l - 1] == '/'; l--)
-        target[l - 1] = '\0';
-    strcpy(parent_buf, target);
-    const char *parent = dirname(parent_buf);
-    if (actl__exists(target) && !(actl__is_dir(target) && dir_is_empty(target))) {
-        rc = actl__err(ACTL_EEXIST, "'%s' already exists and is not an empty directory", target);
-        goto out;
-    }
-    if (!(tmp = actl__strdup_printf("%s.tmp.XXXXXX", target))) {
-        rc = actl__oom();
-        goto out;
-    }
-    if (!mkdtemp(tmp)) {
-        rc = actl__err(ACTL_EIO, "cannot create a temporary directory for '%s': %s", target,
-                       strerror(errno));
-        goto out;
-    }
-    made_tmp = true;
-    /* mkdtemp gives 0700; an exported adapter should be as readable as any directory. */
-    mode_t um = umask(0);
-    umask(um);
-    (void)chmod(tmp, 0777 & ~um);
-    if (!(cfg_path = actl__path_join(tmp, CONFIG_NAME)) ||
-        !(st_path = actl__path_join(tmp, WEIGHTS_NAME)) ||
+    if (!(cfg_path = actl__path_join(d.tmp, CONFIG_NAME)) ||
+        !(st_path = actl__path_join(d.tmp, WEIGHTS_NAME)) ||
         !(text = actl__json_dump_keep(a->config, 2, actl__peft_keep_order))) {
         rc = actl__oom();
         goto out;
@@ -1222,23 +1158,9 @@ int actl_adapter_save(const actl_adapter *a, const char *dir)
     if ((rc = actl__write_atomic(cfg_path, write_text, text)) ||
         (rc = actl_st_write(st_path, a->tensors, a->n_tensors, meta)))
         goto out;
-    if (rename(tmp, target) != 0) {
-        int e = errno;
-        rc = e == ENOTEMPTY || e == EEXIST || e == ENOTDIR || e == EISDIR
-                 ? actl__err(ACTL_EEXIST, "'%s' already exists and is not an empty directory",
-                             target)
-                 : actl__err(ACTL_EIO, "cannot rename '%s' to '%s': %s", tmp, target,
-                             strerror(e));
-        goto out;
-    }
-    made_tmp = false;
-    rc = actl__fsync_dir(parent);
+    rc = actl__dir_commit(&d);
 out:
-    if (made_tmp)
-        remove_flat_dir(tmp);
-    free(target);
-    free(parent_buf);
-    free(tmp);
+    actl__dir_stage_free(&d);
     free(cfg_path);
     free(st_path);
     free(text);

@@ -24,12 +24,12 @@ int64_t actl__road_out(const actl_adapter *a, const actl__module *m)
     return 0;
 }
 
-/* alpha^w for a weight w. w = 1 must give alpha itself, sign included (an
- * adapter merged at full weight is the adapter), so pow is used only for
- * other weights, where a non-positive alpha has no real power. */
-static int weighted_alpha(double alpha, double w, const actl_adapter *a, const actl__module *m,
-                          double *out)
+int actl__road_alpha_pow(double alpha, double w, const char *who, const char *module,
+                         double *out)
 {
+    /* w = 1 must give alpha itself, sign included (an adapter merged at full
+     * weight is the adapter), so pow serves only other weights, where a
+     * non-positive alpha has no real power. */
     if (w == 1.0) {
         *out = alpha;
         return ACTL_OK;
@@ -41,8 +41,7 @@ static int weighted_alpha(double alpha, double w, const actl_adapter *a, const a
     if (!(alpha > 0.0))
         return actl__err(ACTL_EINVAL,
                          "'%s': module '%s': a road_alpha of %g has no real power %g; "
-                         "only weight 1 applies a non-positive alpha",
-                         a->origin, m->info.name, alpha, w);
+                         "only weight 1 applies a non-positive alpha", who, module, alpha, w);
     *out = pow(alpha, w);
     return ACTL_OK;
 }
@@ -71,10 +70,11 @@ int actl__road_coeffs(const actl_adapter *a, const actl__module *m, double w, do
             break;
         }
         double ac = 1.0, as = 1.0;
-        int rc = weighted_alpha(actl__tensor_get_f64(m->road_alpha, (size_t)(ta >= 0 ? ta : tt_c)),
-                                w, a, m, &ac);
+        double al_c = actl__tensor_get_f64(m->road_alpha, (size_t)(ta >= 0 ? ta : tt_c));
+        int rc = actl__road_alpha_pow(al_c, w, a->origin, m->info.name, &ac);
         if (!rc && ta < 0)
-            rc = weighted_alpha(actl__tensor_get_f64(m->road_alpha, (size_t)tt_s), w, a, m, &as);
+            rc = actl__road_alpha_pow(actl__tensor_get_f64(m->road_alpha, (size_t)tt_s), w,
+                                      a->origin, m->info.name, &as);
         else
             as = ac;
         if (rc)

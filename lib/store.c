@@ -20,7 +20,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1039,46 +1038,6 @@ int actl_store_load(actl_store *s, const char *ref, actl_adapter **out)
     return rc;
 }
 
-/* Removes path and, when it is a directory, what it holds (never following a
- * link); a best effort that cleans up after a failed export. */
-static void remove_tree(const char *path)
-{
-    struct stat sb;
-    if (lstat(path, &sb) != 0)
-        return;
-    if (S_ISDIR(sb.st_mode)) {
-        DIR *d = opendir(path);
-        struct dirent *e;
-        while (d && (e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-                continue;
-            char *p = actl__path_join(path, e->d_name);
-            if (p)
-                remove_tree(p);
-            free(p);
-        }
-        if (d)
-            closedir(d);
-        (void)rmdir(path);
-    } else {
-        (void)unlink(path);
-    }
-}
-
-static bool dir_is_empty(const char *path)
-{
-    DIR *d = opendir(path);
-    struct dirent *e;
-    bool empty = d != NULL;
-    while (d && (e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            empty = false;
-            break;
-        }
-    if (d)
-        closedir(d);
-    return empty;
-}
 
 /* The member's part of its export directory's name: the last path component
  * of its ref without an "@VERSION", in the name alphabet (anything else
@@ -1146,39 +1105,19 @@ static int export_stack(actl_store *s, const char *ref, const char *dir)
     char label[LABEL_CAP], sub[128], base[65];
     actl_entries *l = NULL;
     actl_adapter *a = NULL;
-    char *target = NULL, *parent_buf = NULL, *tmp = NULL, *path = NULL, *text = NULL;
+    actl__staged_dir d = {0};
+    char *path = NULL, *text = NULL;
     json_t *arr = NULL, *doc = NULL;
-    bool made_tmp = false;
     if ((rc = actl__store_stack_members(s, ref, label, &m, &n)) ||
         (rc = actl_store_show(s, label, &l)))
         goto out;
     const actl_entry *e = actl_entries_get(l, 0);
-    if (!(target = strdup(dir)) || !(parent_buf = strdup(dir)) || !(arr = json_array())) {
+    if (!(arr = json_array())) {
         rc = actl__oom();
         goto out;
     }
-    for (size_t len = strlen(target); len > 1 && target[len - 1] == '/'; len--)
-        target[len - 1] = '\0';
-    strcpy(parent_buf, target);
-    const char *parent = dirname(parent_buf);
-    if (actl__exists(target) && !(actl__is_dir(target) && dir_is_empty(target))) {
-        rc = actl__err(ACTL_EEXIST, "'%s' already exists and is not an empty directory", target);
+    if ((rc = actl__dir_stage(dir, &d)))
         goto out;
-    }
-    if (!(tmp = actl__strdup_printf("%s.tmp.XXXXXX", target))) {
-        rc = actl__oom();
-        goto out;
-    }
-    if (!mkdtemp(tmp)) {
-        rc = actl__err(ACTL_EIO, "cannot create a temporary directory for '%s': %s", target,
-                       strerror(errno));
-        goto out;
-    }
-    made_tmp = true;
-    /* mkdtemp gives 0700; an export should be as readable as any directory. */
-    mode_t um = umask(0);
-    umask(um);
-    (void)chmod(tmp, 0777 & ~um);
     int width = 2;
     for (size_t k = n; k >= 100; k /= 10)
         width++;
@@ -1193,7 +1132,7 @@ static int export_stack(actl_store *s, const char *ref, const char *dir)
         snprintf(sub, sizeof sub, "%.*s%s-%s", width > len ? width - len : 0,
                  "00000000000000000000", num, base);
         free(path);
-        if (!(path = actl__path_join(tmp, sub))) {
+        if (!(path = actl__path_join(d.tmp, sub))) {
             rc = actl__oom();
             goto out;
         }
@@ -1220,34 +1159,20 @@ static int export_stack(actl_store *s, const char *ref, const char *dir)
         goto out;
     }
     free(path);
-    if (!(path = actl__path_join(tmp, "stack.json"))) {
+    if (!(path = actl__path_join(d.tmp, "stack.json"))) {
         rc = actl__oom();
         goto out;
     }
     if ((rc = actl__write_atomic(path, write_text, text)))
         goto out;
-    if (rename(tmp, target) != 0) {
-        int err = errno;
-        rc = err == ENOTEMPTY || err == EEXIST || err == ENOTDIR || err == EISDIR
-                 ? actl__err(ACTL_EEXIST, "'%s' already exists and is not an empty directory",
-                             target)
-                 : actl__err(ACTL_EIO, "cannot rename '%s' to '%s': %s", tmp, target,
-                             strerror(err));
-        goto out;
-    }
-    made_tmp = false;
-    rc = actl__fsync_dir(parent);
+    rc = actl__dir_commit(&d);
 out:
-    if (made_tmp)
-        remove_tree(tmp);
+    actl__dir_stage_free(&d);
     actl_adapter_free(a);
     actl__stack_members_free(m, n);
     actl_entries_free(l);
     json_decref(arr);
     json_decref(doc);
-    free(target);
-    free(parent_buf);
-    free(tmp);
     free(path);
     free(text);
     return rc;
