@@ -14,7 +14,17 @@
  * error page that is read and dropped. After the attempt, the curl result
  * and the status say whether the download is done, failed for good, or is
  * worth another attempt after a backoff; bytes received before a dropped
- * connection are kept and the next attempt continues from them. */
+ * connection are kept and the next attempt continues from them.
+ *
+ * A caller that works on the file while it arrives, or records what it
+ * holds, passes hooks (actl__fetch_run_hooked): it hears of each body
+ * accepted into the file, once the file is settled for it (truncated for a
+ * body from zero, its prefix confirmed for a continuation) and before its
+ * first byte is written, and of the bytes written as they grow. The ETag it
+ * hears names every byte the file will hold, or is "" when no single one
+ * does (a continuation of bytes that came with another or with none): the
+ * same rule gives the ETag reported after a failure, which the next call's
+ * If-Range relies on. */
 #include "internal.h"
 
 #include <errno.h>
@@ -46,6 +56,17 @@
 /* The largest header line looked at; longer ones are ignored. */
 #define HEADER_LINE_MAX 8192
 #define PREFIX_CHUNK (1u << 20)
+/* Bytes between two requests to write a kept file back (hooks->writeback):
+ * large enough to make few calls, small enough that the disk starts early. */
+#define WRITEBACK_STEP (8u << 20)
+/* A body going to a file is gathered into a buffer of this size before it is
+ * written: libcurl hands it over 16 KiB at a time, and a write call per piece
+ * costs the transfer's thread more than copying them (a 268 MB file in 16 KiB
+ * writes takes twice the time it takes in 1 MiB ones). */
+#define WBUF_SIZE (1u << 20)
+/* ...and written at least this often, so that a slow transfer's bytes reach
+ * the file for the next pull to resume even when this one is killed. */
+#define WBUF_AGE_NS 250000000LL
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc = CURLE_FAILED_INIT;
@@ -56,6 +77,7 @@ typedef enum { BODY_UNDECIDED, BODY_KEEP, BODY_DISCARD } body_mode;
 
 typedef struct xfer {
     actl__fetch *f;
+    const actl__fetch_hooks *hooks; /* or NULL */
     CURL *curl;
     const char *url_q;  /* the URL quoted for messages */
     uint64_t max;
@@ -65,6 +87,12 @@ typedef struct xfer {
     char *mem;          /* f->path NULL: the body, mem_cap bytes allocated */
     size_t mem_cap;
     uint64_t have;      /* valid bytes of the output */
+    uint64_t disk;      /* of those, the bytes in the file: have - wlen */
+    unsigned char *wbuf; /* the next bytes of the file, wlen of them (WBUF_SIZE allocated) */
+    size_t wlen;
+    int64_t wbuf_since; /* when the first byte in wbuf came */
+    uint64_t told;      /* `disk` when hooks->grow was last called */
+    uint64_t written_back; /* bytes whose writeback was asked for (hooks->writeback) */
     uint64_t hashed;    /* h covers the output's bytes [0, hashed) */
     actl__sha256 *h;
     /* the hasher thread (see "hashing" below) */
@@ -77,7 +105,7 @@ typedef struct xfer {
     int hash_cmd;         /* under mu: HASH_RUN, HASH_FINISH or HASH_ABANDON */
     int hash_rc;          /* its result, read after the join */
     char hash_msg[512];
-    char partial_etag[256]; /* the ETag the bytes held came with ("": unknown) */
+    char partial_etag[256]; /* the ETag every byte held came with ("": unknown) */
     char linked[65];    /* X-Linked-Etag of any response so far */
     /* the current response, reset at each status line */
     long status;
@@ -251,7 +279,7 @@ static int hasher_start(xfer *x)
 {
     if (x->hashing || x->fd < 0)
         return x->hashing ? ACTL_OK : hash_sync(x);
-    x->hash_target = x->notified = x->have;
+    x->hash_target = x->notified = x->disk;
     x->hash_cmd = HASH_RUN;
     x->hash_rc = ACTL_OK;
     if (pthread_create(&x->hasher, NULL, hasher_main, x) != 0)
@@ -263,7 +291,7 @@ static int hasher_start(xfer *x)
 static void hasher_notify(xfer *x, int cmd)
 {
     pthread_mutex_lock(&x->mu);
-    x->hash_target = x->have;
+    x->hash_target = x->disk; /* the thread reads the file */
     x->hash_cmd = cmd;
     pthread_cond_signal(&x->cv);
     pthread_mutex_unlock(&x->mu);
@@ -308,25 +336,92 @@ static int restart_output(xfer *x)
     struct stat st;
     if (x->fd >= 0 && (fstat(x->fd, &st) != 0 || st.st_size > 0) && ftruncate(x->fd, 0) != 0)
         return actl__err(ACTL_EIO, "cannot truncate '%s': %s", x->f->path, strerror(errno));
-    x->have = x->hashed = 0;
+    x->have = x->disk = x->hashed = x->told = x->written_back = 0;
+    x->wlen = 0;
     actl__sha256_free(x->h);
     x->h = NULL;
     return actl__sha256_new(&x->h);
 }
 
+/* Passes the output's growth on to the caller's hooks: grow() every
+ * ACTL_FETCH_GROW_STEP bytes (or at once when `now`), and writeback requests
+ * every WRITEBACK_STEP bytes. */
+static void tell_growth(xfer *x, bool now)
+{
+    const actl__fetch_hooks *h = x->hooks;
+    if (!h || x->fd < 0)
+        return;
+    if (h->grow && (now || x->disk - x->told >= ACTL_FETCH_GROW_STEP)) {
+        h->grow(h->ctx, x->disk);
+        x->told = x->disk;
+    }
+    if (h->writeback && x->disk - x->written_back >= WRITEBACK_STEP) {
+        /* A hint: its failure changes nothing, the caller's fsync follows. */
+        (void)sync_file_range(x->fd, (off_t)x->written_back, (off_t)(x->disk - x->written_back),
+                              SYNC_FILE_RANGE_WRITE);
+        x->written_back = x->disk;
+    }
+}
+
+static int write_at(xfer *x, const void *buf, size_t n, uint64_t off)
+{
+    const char *p = buf;
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = pwrite(x->fd, p + done, n - done, (off_t)(off + done));
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return actl__err(ACTL_EIO, "cannot write '%s': %s", x->f->path,
+                             w < 0 ? strerror(errno) : "no progress");
+        done += (size_t)w;
+    }
+    return ACTL_OK;
+}
+
+/* Writes the buffered bytes to the file, then tells whoever reads the file
+ * (the hasher thread, the caller's hooks) how far it goes. */
+static int flush_output(xfer *x)
+{
+    if (x->wlen) {
+        int rc = write_at(x, x->wbuf, x->wlen, x->disk);
+        if (rc)
+            return rc;
+        x->disk += x->wlen;
+        x->wlen = 0;
+    }
+    tell_growth(x, false);
+    if (x->hashing && x->disk - x->notified >= PREFIX_CHUNK) {
+        /* waking the hasher for less would cost more than it saves */
+        hasher_notify(x, HASH_RUN);
+        x->notified = x->disk;
+    }
+    return ACTL_OK;
+}
+
+/* Appends body bytes to the output: a file (through wbuf) or memory. With
+ * no hasher thread, they are hashed here, in order. */
 static int append_output(xfer *x, const char *p, size_t n)
 {
+    int rc;
     if (x->fd >= 0) {
-        size_t done = 0;
-        while (done < n) {
-            ssize_t w = pwrite(x->fd, p + done, n - done, (off_t)(x->have + done));
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0)
-                return actl__err(ACTL_EIO, "cannot write '%s': %s", x->f->path,
-                                 w < 0 ? strerror(errno) : "no progress");
-            done += (size_t)w;
+        if (!x->wbuf && !(x->wbuf = malloc(WBUF_SIZE)))
+            return actl__oom();
+        for (size_t done = 0; done < n;) {
+            if (x->wlen == 0)
+                x->wbuf_since = now_ns();
+            size_t k = WBUF_SIZE - x->wlen < n - done ? WBUF_SIZE - x->wlen : n - done;
+            memcpy(x->wbuf + x->wlen, p + done, k);
+            x->wlen += k;
+            x->have += k;
+            done += k;
+            if (x->wlen == WBUF_SIZE && (rc = flush_output(x)))
+                return rc;
         }
+        if (x->wlen && now_ns() - x->wbuf_since >= WBUF_AGE_NS && (rc = flush_output(x)))
+            return rc;
+        if (x->hashing)
+            return ACTL_OK;
     } else {
         /* +1: room for the NUL the caller gets */
         if (x->have + n + 1 > x->mem_cap) {
@@ -340,19 +435,9 @@ static int append_output(xfer *x, const char *p, size_t n)
             x->mem_cap = cap;
         }
         memcpy(x->mem + x->have, p, n);
+        x->have += n;
     }
-    x->have += n;
-    if (x->hashing) {
-        /* libcurl hands over 16 KiB at a time; waking the hasher for each
-         * would cost more than it saves */
-        if (x->have - x->notified >= PREFIX_CHUNK) {
-            hasher_notify(x, HASH_RUN);
-            x->notified = x->have;
-        }
-        return ACTL_OK;
-    }
-    int rc = actl__sha256_update(x->h, p, n);
-    if (!rc)
+    if (!(rc = actl__sha256_update(x->h, p, n)))
         x->hashed += n;
     return rc;
 }
@@ -501,9 +586,14 @@ static int begin_body(xfer *x)
         total = x->cr_total >= 0 ? x->cr_total
                 : x->clen >= 0   ? (int64_t)x->have + x->clen
                                  : -1;
+        /* One ETag names all the bytes only when the part held came with it
+         * too (it did when If-Range was sent with it and the server agreed). */
+        if (strcmp(x->partial_etag, x->etag) != 0)
+            x->partial_etag[0] = '\0';
     } else if (st >= 200 && st < 300) {
         if ((rc = restart_output(x)))
             goto fail;
+        snprintf(x->partial_etag, sizeof x->partial_etag, "%s", x->etag);
         total = x->clen;
         if (x->is_file) {
             /* no headers: libcurl knows the file's size */
@@ -524,6 +614,13 @@ static int begin_body(xfer *x)
     }
     if ((rc = hasher_start(x)))
         goto fail;
+    /* The file's state is settled (truncated, or its prefix confirmed): the
+     * caller hears of it before any byte of this body lands. */
+    if (x->hooks && x->hooks->body && x->fd >= 0 &&
+        (rc = x->hooks->body(x->hooks->ctx, x->partial_etag, st == 206)))
+        goto fail;
+    if (st == 206)
+        tell_growth(x, true);
     x->full_total = total;
     x->expect_call = total >= 0 ? x->f->transferred + ((uint64_t)total - x->have) : 0;
     x->body = BODY_KEEP;
@@ -827,7 +924,9 @@ static int add_header(struct curl_slist **list, const char *name, const char *va
     return ACTL_OK;
 }
 
-int actl__fetch_run(actl__fetch *f)
+int actl__fetch_run(actl__fetch *f) { return actl__fetch_run_hooked(f, NULL); }
+
+int actl__fetch_run_hooked(actl__fetch *f, const actl__fetch_hooks *hooks)
 {
     int rc = ACTL_OK;
     xfer x;
@@ -860,6 +959,7 @@ int actl__fetch_run(actl__fetch *f)
         return actl__err(ACTL_EIO, "cannot initialise libcurl: %s",
                          curl_easy_strerror(curl_init_rc));
     x.f = f;
+    x.hooks = hooks;
     x.url_q = q;
     x.max = f->max_size ? f->max_size : ACTL_PULL_DEFAULT_MAX;
     x.is_file = strncasecmp(f->url, "file:", 5) == 0;
@@ -887,7 +987,7 @@ int actl__fetch_run(actl__fetch *f)
                                f->path);
                 goto out;
             }
-            x.have = (uint64_t)st.st_size;
+            x.have = x.disk = (uint64_t)st.st_size;
         }
         if (f->etag_in)
             snprintf(x.partial_etag, sizeof x.partial_etag, "%s", f->etag_in);
@@ -941,10 +1041,15 @@ int actl__fetch_run(actl__fetch *f)
         long status = 0;
         curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
         f->status = status;
-        if (x.body == BODY_KEEP && x.resp_bytes > 0)
-            snprintf(x.partial_etag, sizeof x.partial_etag, "%s", x.etag);
+        /* What this attempt received is in the file before anything else
+         * happens: the next attempt continues it, a caller resumes it. */
+        int frc = x.wlen ? flush_output(&x) : ACTL_OK;
         if (x.abort_rc) {
             rc = x.abort_rc;
+            goto out;
+        }
+        if (frc) {
+            rc = frc;
             goto out;
         }
         if (x.range_bad) {
@@ -980,6 +1085,8 @@ int actl__fetch_run(actl__fetch *f)
     }
 
     snprintf(f->etag, sizeof f->etag, "%s", x.etag);
+    if (!f->not_modified)
+        tell_growth(&x, true);
     if (!f->not_modified) {
         unsigned char d[32];
         if ((rc = hasher_stop(&x, HASH_FINISH)) || (rc = hash_sync(&x)))
@@ -1018,5 +1125,6 @@ out:
         close(x.fd);
     actl__sha256_free(x.h);
     free(x.mem);
+    free(x.wbuf);
     return rc;
 }

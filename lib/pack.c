@@ -13,18 +13,28 @@
  *   24+H    the codec frames (codec.c), in tensor order, back to back; offsets
  *           count from here; the file ends with the last frame.
  * Tensors are sorted by name (strictly increasing, so names are unique), and
- * each carries the SHA-256 of its raw bytes. Same adapter in, same bytes out. */
+ * each carries the SHA-256 of its raw bytes. Same adapter in, same bytes out,
+ * whatever the number of threads that made it.
+ *
+ * Writing makes the frames in memory (several threads, one tensor each at a
+ * time; frames made ahead by a caller are taken as they are), then the
+ * header, then writes the file while a second thread hashes it, starting the
+ * writeback as it goes. Reading maps the file and decodes the tensors on
+ * several threads. A pack can also be read while it arrives: its prefix and
+ * header first (actl__pack_head_parse), then each frame on its own, and the
+ * complete file checked at the end taking what was decoded before. */
 #include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define PREFIX 24
+#define PREFIX ACTL_PACK_PREFIX_LEN
 #define CODEC_NAME "actz1"
 /* No zstd frame expands more than 2^15 times: an RLE block turns 4 bytes into
  * at most 128 KiB. A tensor claiming more than that from its frame is corrupt,
@@ -88,6 +98,100 @@ out:
     free(buf);
     close(fd);
     return rc;
+}
+
+/* ---- threads ------------------------------------------------------------------
+ * A pack's tensors are independent of one another: their frames (writing) and
+ * their decoding (reading) are made on several threads, each taking the next
+ * tensor in name order. The bytes do not depend on the number of threads:
+ * every frame is a function of its tensor alone and lands at its place in
+ * name order. */
+
+int actl__pack_threads = 0;
+
+/* Below this much work a thread costs more than it saves. */
+#define PAR_MIN_BYTES (4u << 20)
+#define PAR_MAX 8
+
+static int threads_for(uint64_t bytes, size_t items)
+{
+    long n = actl__pack_threads > 0   ? actl__pack_threads
+             : bytes < PAR_MIN_BYTES ? 1
+                                     : sysconf(_SC_NPROCESSORS_ONLN);
+    if (n > PAR_MAX)
+        n = PAR_MAX;
+    if ((uint64_t)n > items)
+        n = (long)items;
+    return n < 1 ? 1 : (int)n;
+}
+
+typedef int (*par_fn)(void *ctx, size_t i);
+
+typedef struct par {
+    pthread_mutex_t mu;
+    size_t next, n;
+    par_fn fn;
+    void *ctx;
+    int rc;           /* the failure of the lowest item that failed */
+    size_t failed_at;
+    char msg[1024];   /* its message (each thread has its own) */
+} par;
+
+/* Items are handed out in order and none after a failure, so every item below
+ * the lowest one that failed has run: the error reported does not depend on
+ * the timing of the threads. */
+static void par_loop(par *p)
+{
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        size_t i = p->next;
+        bool stop = p->rc != ACTL_OK || i >= p->n;
+        if (!stop)
+            p->next++;
+        pthread_mutex_unlock(&p->mu);
+        if (stop)
+            return;
+        int rc = p->fn(p->ctx, i);
+        if (rc) {
+            pthread_mutex_lock(&p->mu);
+            if (p->rc == ACTL_OK || i < p->failed_at) {
+                p->rc = rc;
+                p->failed_at = i;
+                snprintf(p->msg, sizeof p->msg, "%s", actl_errmsg());
+            }
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+}
+
+static void *par_main(void *arg)
+{
+    par_loop(arg);
+    return NULL;
+}
+
+/* Runs fn(ctx, i) for every i in [0, n) on `threads` threads, the calling
+ * one among them. Returns the failure of the lowest i that failed, with its
+ * message set on the calling thread; items after it may not have run. */
+static int par_run(size_t n, int threads, par_fn fn, void *ctx)
+{
+    par p;
+    pthread_t th[PAR_MAX];
+    int started = 0;
+    memset(&p, 0, sizeof p);
+    p.n = n;
+    p.fn = fn;
+    p.ctx = ctx;
+    pthread_mutex_init(&p.mu, NULL);
+    /* A thread that cannot start leaves its share to the others. */
+    for (int t = 1; t < threads && t < PAR_MAX; t++)
+        if (pthread_create(&th[started], NULL, par_main, &p) == 0)
+            started++;
+    par_loop(&p);
+    for (int t = 0; t < started; t++)
+        pthread_join(th[t], NULL);
+    pthread_mutex_destroy(&p.mu);
+    return p.rc ? actl__err(p.rc, "%s", p.msg) : ACTL_OK;
 }
 
 /* ---- write ------------------------------------------------------------------ */
@@ -212,107 +316,130 @@ int actl__pack_install(const char *objects_dir, const char *src, const char *hex
     return rc;
 }
 
-/* Puts the pack's three pieces at `path` through a temporary file in
- * objects_dir/tmp: write, fsync, then place(). */
-static int publish(const char *objects_dir, const char *path, const char *hex,
-                   const unsigned char *prefix, const char *header, size_t hlen,
-                   const unsigned char *frames, size_t flen)
+/* One tensor's frame as the pack stores it, and the SHA-256 of its raw bytes. */
+typedef struct frame_ref {
+    const unsigned char *data;
+    size_t len;
+    char sha[65];
+} frame_ref;
+
+/* A pack put together in memory: the frames (made here, or lent by the
+ * caller), the header and the prefix. */
+typedef struct made {
+    size_t n;
+    frame_ref *f;        /* n, in the adapter's (name) order */
+    unsigned char *room; /* the frames made here */
+    char *header;        /* hlen bytes, space-padded */
+    size_t hlen;
+    unsigned char prefix[PREFIX];
+    uint64_t raw;        /* the tensors' raw bytes */
+    uint64_t total;      /* the pack's bytes */
+} made;
+
+static void made_free(made *m)
 {
-    int rc = ACTL_OK, fd = -1;
-    bool created = false;
-    char *tmpdir = actl__path_join(objects_dir, "tmp");
-    char *tmp = tmpdir ? actl__path_join(tmpdir, "pack.XXXXXX") : NULL;
-    if (!tmp) {
+    free(m->f);
+    free(m->room);
+    free(m->header);
+    memset(m, 0, sizeof *m);
+}
+
+typedef struct frames_job {
+    const actl_adapter *a;
+    const actl__pack_frame *ahead; /* or NULL */
+    unsigned char *room;
+    const size_t *at;              /* n + 1: tensor i's room is [at[i], at[i + 1]) */
+    frame_ref *f;
+    const char *origin;
+} frames_job;
+
+/* Whether a frame made ahead is one for t: the frame header records the
+ * dtype and the raw size. A frame that does not fit is made again. */
+static bool ahead_fits(const actl__pack_frame *x, const actl_tensor *t)
+{
+    return x->data && x->len >= 24 && x->data[5] == (unsigned char)t->dtype &&
+           actl__get_le64(x->data + 8) == t->nbytes && actl__is_hex(x->sha256, 64);
+}
+
+static int frame_one(void *ctx, size_t i)
+{
+    frames_job *j = ctx;
+    const actl_tensor *t = actl_adapter_tensor(j->a, i);
+    frame_ref *f = &j->f[i];
+    if (j->ahead && ahead_fits(&j->ahead[i], t)) {
+        f->data = j->ahead[i].data;
+        f->len = j->ahead[i].len;
+        memcpy(f->sha, j->ahead[i].sha256, 65);
+        return ACTL_OK;
+    }
+    unsigned char *dst = j->room + j->at[i];
+    int rc = actl__codec_compress(t->dtype, t->data, t->nbytes, ACTL_CODEC_LEVEL, dst,
+                                  j->at[i + 1] - j->at[i], &f->len);
+    if (rc)
+        return actl__err_wrap(rc, "cannot compress '%s' tensor '%s'", j->origin, t->name);
+    f->data = dst;
+    return actl__sha256_hex(t->data, t->nbytes, f->sha);
+}
+
+/* Makes a's pack in memory; ahead (may be NULL; entry i for tensor i, NULL
+ * data where none) lends frames made before. */
+static int pack_make(const actl_adapter *a, const actl__pack_frame *ahead, made *m)
+{
+    int rc = ACTL_OK;
+    size_t *at = NULL;
+    json_t *root = NULL, *list = NULL;
+    char *text = NULL;
+    const char *origin = a->origin ? a->origin : "adapter";
+    size_t n = actl_adapter_tensor_count(a);
+    memset(m, 0, sizeof *m);
+    m->n = n;
+
+    /* Room for the frames still to make: each one's bound, end to end. */
+    size_t cap = 0;
+    uint64_t work = 0;
+    if (!(at = malloc((n + 1) * sizeof *at)) || (n && !(m->f = calloc(n, sizeof *m->f)))) {
         rc = actl__oom();
         goto out;
     }
-    if ((rc = ensure_dir(objects_dir, NULL)) || (rc = ensure_dir(tmpdir, NULL)))
-        goto out;
-    if ((fd = mkstemp(tmp)) < 0) {
-        rc = actl__err(ACTL_EIO, "cannot create a temporary file in '%s': %s", tmpdir,
-                       strerror(errno));
-        goto out;
-    }
-    created = true;
-    /* mkstemp gives 0600; packs are published like any other file. */
-    mode_t um = umask(0);
-    umask(um);
-    (void)fchmod(fd, 0666 & ~um);
-    if ((rc = write_all(fd, prefix, PREFIX, tmp)) || (rc = write_all(fd, header, hlen, tmp)) ||
-        (rc = write_all(fd, frames, flen, tmp)))
-        goto out;
-    if (fsync(fd) != 0) {
-        rc = actl__err(ACTL_EIO, "cannot sync '%s': %s", tmp, strerror(errno));
-        goto out;
-    }
-    int cr = close(fd);
-    fd = -1;
-    if (cr != 0) {
-        rc = actl__err(ACTL_EIO, "cannot write '%s': %s", tmp, strerror(errno));
-        goto out;
-    }
-    rc = place(objects_dir, tmp, path, hex);
-    created = rc != ACTL_OK; /* placed: renamed or removed */
-out:
-    if (fd >= 0)
-        close(fd);
-    if (created)
-        unlink(tmp);
-    free(tmp);
-    free(tmpdir);
-    return rc;
-}
-
-int actl__pack_write(const actl_adapter *a, const char *objects_dir, char hex[65],
-                     uint64_t *stored, uint64_t *raw)
-{
-    int rc = ACTL_OK;
-    unsigned char *frames = NULL;
-    json_t *root = NULL, *list = NULL;
-    char *text = NULL, *header = NULL, *path = NULL;
-    actl__sha256 *h = NULL;
-    if (!a || !objects_dir || !hex)
-        return actl__err(ACTL_EINVAL, "pack write: NULL argument");
-    const char *origin = a->origin ? a->origin : "adapter";
-    size_t n = actl_adapter_tensor_count(a);
-
-    /* Frames first: the header records where each one lands. */
-    size_t cap = 0;
-    uint64_t raw_total = 0;
     for (size_t i = 0; i < n; i++) {
         const actl_tensor *t = actl_adapter_tensor(a, i);
+        at[i] = cap;
+        m->raw += t->nbytes;
+        if (ahead && ahead_fits(&ahead[i], t))
+            continue;
         size_t b = actl__codec_bound(t->dtype, t->nbytes);
         if (b > SIZE_MAX - cap) {
             rc = actl__err(ACTL_ELIMIT, "'%s': the tensors are too large to pack", origin);
             goto out;
         }
         cap += b;
-        raw_total += t->nbytes;
+        work += t->nbytes;
     }
-    if (!(frames = malloc(cap ? cap : 1)) || !(root = json_object()) || !(list = json_array())) {
+    at[n] = cap;
+    if (!(m->room = malloc(cap ? cap : 1))) {
         rc = actl__oom();
         goto out;
     }
-    size_t off = 0;
+    frames_job job = {a, ahead, m->room, at, m->f, origin};
+    if ((rc = par_run(n, threads_for(work, n), frame_one, &job)))
+        goto out;
+
+    /* The header records where each frame lands, in name order. */
+    if (!(root = json_object()) || !(list = json_array())) {
+        rc = actl__oom();
+        goto out;
+    }
+    uint64_t off = 0;
     for (size_t i = 0; i < n; i++) {
-        const actl_tensor *t = actl_adapter_tensor(a, i);
-        size_t w;
-        char sha[65];
-        if ((rc = actl__codec_compress(t->dtype, t->data, t->nbytes, ACTL_CODEC_LEVEL,
-                                       frames + off, cap - off, &w))) {
-            rc = actl__err_wrap(rc, "cannot compress '%s' tensor '%s'", origin, t->name);
-            goto out;
-        }
-        if ((rc = actl__sha256_hex(t->data, t->nbytes, sha)))
-            goto out;
         json_t *e = NULL;
-        if ((rc = tensor_json(t, off, w, sha, origin, &e)))
+        if ((rc = tensor_json(actl_adapter_tensor(a, i), off, m->f[i].len, m->f[i].sha, origin,
+                              &e)))
             goto out;
         if (json_array_append_new(list, e) != 0) {
             rc = actl__oom();
             goto out;
         }
-        off += w;
+        off += m->f[i].len;
     }
     if (json_object_set(root, "config", a->config) != 0 ||
         json_object_set_new(root, "format", json_integer(ACTL_PACK_FORMAT)) != 0 ||
@@ -321,60 +448,255 @@ int actl__pack_write(const actl_adapter *a, const char *objects_dir, char hex[65
         rc = actl__oom();
         goto out;
     }
-    size_t tl = strlen(text), hlen = (tl + 7) & ~(size_t)7;
-    if (!(header = malloc(hlen ? hlen : 1))) {
+    size_t tl = strlen(text);
+    m->hlen = (tl + 7) & ~(size_t)7;
+    if (!(m->header = malloc(m->hlen ? m->hlen : 1))) {
         rc = actl__oom();
         goto out;
     }
-    memcpy(header, text, tl);
-    memset(header + tl, ' ', hlen - tl);
-
-    unsigned char prefix[PREFIX];
-    memcpy(prefix, ACTL_PACK_MAGIC, 8);
-    actl__put_le32(prefix + 8, ACTL_PACK_FORMAT);
-    actl__put_le32(prefix + 12, (uint32_t)actl__xxh64(header, hlen, 0));
-    actl__put_le64(prefix + 16, hlen);
-
-    unsigned char digest[32];
-    if ((rc = actl__sha256_new(&h)) || (rc = actl__sha256_update(h, prefix, PREFIX)) ||
-        (rc = actl__sha256_update(h, header, hlen)) || (rc = actl__sha256_update(h, frames, off)))
-        goto out;
-    rc = actl__sha256_final(h, digest);
-    h = NULL;
+    memcpy(m->header, text, tl);
+    memset(m->header + tl, ' ', m->hlen - tl);
+    memcpy(m->prefix, ACTL_PACK_MAGIC, 8);
+    actl__put_le32(m->prefix + 8, ACTL_PACK_FORMAT);
+    actl__put_le32(m->prefix + 12, (uint32_t)actl__xxh64(m->header, m->hlen, 0));
+    actl__put_le64(m->prefix + 16, m->hlen);
+    m->total = PREFIX + (uint64_t)m->hlen + off;
+out:
     if (rc)
-        goto out;
-    char dhex[65];
-    actl__hex(digest, 32, dhex);
-    uint64_t total = PREFIX + (uint64_t)hlen + off;
+        made_free(m);
+    free(at);
+    free(text);
+    json_decref(list);
+    json_decref(root);
+    return rc;
+}
 
+/* The SHA-256 of a made pack, on a thread of its own while the pack is
+ * written. */
+typedef struct pack_hash {
+    const made *m;
+    unsigned char digest[32];
+    int rc;
+    char msg[512];
+} pack_hash;
+
+static int hash_made(pack_hash *h)
+{
+    actl__sha256 *s = NULL;
+    int rc = actl__sha256_new(&s);
+    if (!rc)
+        rc = actl__sha256_update(s, h->m->prefix, PREFIX);
+    if (!rc)
+        rc = actl__sha256_update(s, h->m->header, h->m->hlen);
+    for (size_t i = 0; !rc && i < h->m->n; i++)
+        rc = actl__sha256_update(s, h->m->f[i].data, h->m->f[i].len);
+    if (rc) {
+        actl__sha256_free(s);
+        return rc;
+    }
+    return actl__sha256_final(s, h->digest);
+}
+
+static void *hash_main(void *arg)
+{
+    pack_hash *h = arg;
+    if ((h->rc = hash_made(h)))
+        snprintf(h->msg, sizeof h->msg, "%s", actl_errmsg());
+    return NULL;
+}
+
+/* Bytes written between two writeback requests (see emit). */
+#define WRITEBACK_STEP (8u << 20)
+
+typedef struct sink {
+    int fd;
+    const char *path;
+    uint64_t off;     /* bytes written */
+    uint64_t flushed; /* bytes whose writeback was asked for */
+} sink;
+
+static int sink_put(sink *s, const void *p, size_t n)
+{
+    int rc = write_all(s->fd, p, n, s->path);
+    if (rc)
+        return rc;
+    s->off += n;
+    if (s->off - s->flushed >= WRITEBACK_STEP) {
+        /* A hint (its failure changes nothing: the fsync follows). */
+        (void)sync_file_range(s->fd, (off_t)s->flushed, (off_t)(s->off - s->flushed),
+                              SYNC_FILE_RANGE_WRITE);
+        s->flushed = s->off;
+    }
+    return ACTL_OK;
+}
+
+/* Writes the made pack to the empty file fd and puts its SHA-256 in hex.
+ * The digest is computed on a second thread while this one writes, and the
+ * kernel is asked to start writing each WRITEBACK_STEP bytes to the disk as
+ * soon as they are written (sync_file_range), so that the caller's fsync
+ * waits for the last few megabytes rather than for the whole file. */
+static int emit(const made *m, int fd, const char *path, char hex[65])
+{
+    pack_hash h;
+    pthread_t th;
+    bool threaded = false;
+    memset(&h, 0, sizeof h);
+    h.m = m;
+    if (threads_for(m->total, 2) > 1)
+        threaded = pthread_create(&th, NULL, hash_main, &h) == 0;
+    sink s = {fd, path, 0, 0};
+    int rc = sink_put(&s, m->prefix, PREFIX);
+    if (!rc)
+        rc = sink_put(&s, m->header, m->hlen);
+    for (size_t i = 0; !rc && i < m->n; i++)
+        rc = sink_put(&s, m->f[i].data, m->f[i].len);
+    if (threaded)
+        pthread_join(th, NULL);
+    else if (!rc)
+        hash_main(&h);
+    if (rc)
+        return rc;
+    if (h.rc)
+        return actl__err(h.rc, "%s", h.msg);
+    actl__hex(h.digest, 32, hex);
+    return ACTL_OK;
+}
+
+int actl__pack_write(const actl_adapter *a, const char *objects_dir, char hex[65],
+                     uint64_t *stored, uint64_t *raw)
+{
+    int rc = ACTL_OK, fd = -1;
+    made m;
+    char dhex[65];
+    char *tmpdir = NULL, *tmp = NULL, *path = NULL;
+    bool created = false, same = false;
+    memset(&m, 0, sizeof m);
+    if (!a || !objects_dir || !hex)
+        return actl__err(ACTL_EINVAL, "pack write: NULL argument");
+    const char *origin = a->origin ? a->origin : "adapter";
+    if ((rc = pack_make(a, NULL, &m)))
+        goto out;
+
+    /* Into a temporary file in objects_dir/tmp, hashed on the way: the name
+     * is known only once the last byte is. */
+    if (!(tmpdir = actl__path_join(objects_dir, "tmp")) ||
+        !(tmp = actl__path_join(tmpdir, "pack.XXXXXX"))) {
+        rc = actl__oom();
+        goto out;
+    }
+    if ((rc = ensure_dir(objects_dir, NULL)) || (rc = ensure_dir(tmpdir, NULL)))
+        goto fail;
+    if ((fd = mkstemp(tmp)) < 0) {
+        rc = actl__err(ACTL_EIO, "cannot create a temporary file in '%s': %s", tmpdir,
+                       strerror(errno));
+        goto fail;
+    }
+    created = true;
+    /* mkstemp gives 0600; packs are published like any other file. */
+    mode_t um = umask(0);
+    umask(um);
+    (void)fchmod(fd, 0666 & ~um);
+    if ((rc = emit(&m, fd, tmp, dhex)))
+        goto fail;
     if (!(path = actl__pack_path(objects_dir, dhex))) {
         rc = actl__oom();
         goto out;
     }
-    /* A file of that name with the same bytes is shared; one with other bytes
-     * (damaged) is replaced. Hashing it costs what writing it would, and
-     * trusting its name alone would let a damaged pack be referenced again. */
-    bool same = false;
+    /* A file of that name with the same bytes is shared (the temporary file
+     * goes, never synced); one with other bytes (damaged) is replaced.
+     * Hashing it costs what writing it would, and trusting its name alone
+     * would let a damaged pack be referenced again. */
     if ((rc = file_has_digest(path, dhex, &same)))
         goto out;
-    if (!same && (rc = publish(objects_dir, path, dhex, prefix, header, hlen, frames, off))) {
-        rc = actl__err_wrap(rc, "cannot store the pack of '%s'", origin);
+    if (!same) {
+        if (fsync(fd) != 0) {
+            rc = actl__err(ACTL_EIO, "cannot sync '%s': %s", tmp, strerror(errno));
+            goto fail;
+        }
+        int cr = close(fd);
+        fd = -1;
+        if (cr != 0) {
+            rc = actl__err(ACTL_EIO, "cannot write '%s': %s", tmp, strerror(errno));
+            goto fail;
+        }
+        if ((rc = place(objects_dir, tmp, path, dhex)))
+            goto fail;
+        created = false; /* renamed (or removed) */
+    }
+    memcpy(hex, dhex, 65);
+    if (stored)
+        *stored = m.total;
+    if (raw)
+        *raw = m.raw;
+    goto out;
+fail:
+    actl__err_wrap(rc, "cannot store the pack of '%s'", origin);
+out:
+    if (fd >= 0)
+        close(fd);
+    if (created)
+        unlink(tmp);
+    made_free(&m);
+    free(path);
+    free(tmp);
+    free(tmpdir);
+    return rc;
+}
+
+int actl__pack_write_fd(const actl_adapter *a, const actl__pack_frame *ahead, int fd,
+                        const char *path, char hex[65], uint64_t *stored, uint64_t *raw)
+{
+    int rc;
+    made m;
+    char dhex[65];
+    if (!a || fd < 0 || !path || !hex)
+        return actl__err(ACTL_EINVAL, "pack write: NULL argument");
+    if ((rc = pack_make(a, ahead, &m)))
+        return rc;
+    if ((rc = emit(&m, fd, path, dhex)))
+        goto out;
+    if (fsync(fd) != 0) {
+        rc = actl__err(ACTL_EIO, "cannot sync '%s': %s", path, strerror(errno));
         goto out;
     }
     memcpy(hex, dhex, 65);
     if (stored)
-        *stored = total;
+        *stored = m.total;
     if (raw)
-        *raw = raw_total;
+        *raw = m.raw;
 out:
-    actl__sha256_free(h);
-    free(path);
-    free(header);
-    free(text);
-    json_decref(list);
-    json_decref(root);
-    free(frames);
+    made_free(&m);
     return rc;
+}
+
+int actl__pack_frame_make(actl_dtype dt, const void *raw, size_t n, actl__pack_frame *out)
+{
+    memset(out, 0, sizeof *out);
+    size_t cap = actl__codec_bound(dt, n);
+    int rc = ACTL_OK;
+    if (cap == SIZE_MAX)
+        return actl__err(ACTL_ELIMIT, "codec: %zu bytes are too many for one frame", n);
+    unsigned char *f = malloc(cap);
+    if (!f)
+        return actl__oom();
+    if ((rc = actl__codec_compress(dt, raw, n, ACTL_CODEC_LEVEL, f, cap, &out->len)) ||
+        (rc = actl__sha256_hex(raw, n, out->sha256))) {
+        free(f);
+        memset(out, 0, sizeof *out);
+        return rc;
+    }
+    /* The bound allows for a frame that does not shrink; most do. */
+    unsigned char *g = realloc(f, out->len ? out->len : 1);
+    out->data = g ? g : f;
+    return ACTL_OK;
+}
+
+void actl__pack_frame_release(actl__pack_frame *f)
+{
+    if (!f)
+        return;
+    free(f->data);
+    memset(f, 0, sizeof *f);
 }
 
 /* ---- read ------------------------------------------------------------------- */
@@ -593,32 +915,33 @@ static int check_digest(const pack *p, const char *expect_hex)
     return ACTL_OK;
 }
 
-/* Decompresses tensor i into dst (raw bytes) and checks its SHA-256. */
-static int decode(const pack *p, size_t i, void *dst)
+/* Decompresses the frame of entry e into dst (raw bytes) and checks its
+ * SHA-256; path names the pack in messages. */
+static int decode(const char *path, const pack_entry *e, const unsigned char *frame, void *dst)
 {
-    const pack_entry *e = &p->ents[i];
     /* The codec names the tensor; the pack's path is put in front. */
     char *what = actl__strdup_printf("tensor '%s'", e->name);
     if (!what)
         return actl__oom();
-    int rc = actl__codec_decompress(p->data + e->offset, (size_t)e->stored, e->dtype, dst,
-                                    (size_t)e->raw, what);
+    int rc = actl__codec_decompress(frame, (size_t)e->stored, e->dtype, dst, (size_t)e->raw,
+                                    what);
     free(what);
     if (rc)
-        return actl__err_wrap(rc, "pack '%s'", p->path);
+        return actl__err_wrap(rc, "pack '%s'", path);
     char hex[65];
     if ((rc = actl__sha256_hex(dst, (size_t)e->raw, hex)))
         return rc;
     if (strcmp(hex, e->sha256) != 0)
-        return actl__err(ACTL_ECORRUPT, "pack '%s': tensor '%s': SHA-256 mismatch", p->path,
+        return actl__err(ACTL_ECORRUPT, "pack '%s': tensor '%s': SHA-256 mismatch", path,
                          e->name);
     return ACTL_OK;
 }
 
-/* A new owned tensor holding entry i's raw bytes, checked against its SHA-256. */
-static int decode_tensor(const pack *p, size_t i, actl_tensor **out)
+/* A new owned tensor holding entry e's raw bytes from its frame, checked
+ * against its SHA-256. */
+static int decode_entry(const char *path, const pack_entry *e, const unsigned char *frame,
+                        actl_tensor **out)
 {
-    const pack_entry *e = &p->ents[i];
     actl_tensor *t;
     int rc = actl__tensor_view(e->name, e->dtype, e->ndim, e->shape, NULL, &t);
     if (rc)
@@ -628,12 +951,48 @@ static int decode_tensor(const pack *p, size_t i, actl_tensor **out)
     if (!(t->data = malloc(t->nbytes ? t->nbytes : 1)))
         rc = actl__oom();
     else
-        rc = decode(p, i, t->data);
+        rc = decode(path, e, frame, t->data);
     if (rc)
         actl_tensor_free(t);
     else
         *out = t;
     return rc;
+}
+
+static int decode_tensor(const pack *p, size_t i, actl_tensor **out)
+{
+    return decode_entry(p->path, &p->ents[i], p->data + p->ents[i].offset, out);
+}
+
+/* The tensors of a mapped pack, decoded on several threads. */
+typedef struct decode_job {
+    const pack *p;
+    actl_tensor **t; /* p->n: the tensors; one already there is not decoded again */
+    bool keep;       /* false: each tensor is freed once checked (verify alone) */
+    int *rc;         /* p->n, or NULL to stop at the first failure: each one's outcome */
+    char **msg;      /* p->n with rc: the message of each failure (malloc'd) */
+} decode_job;
+
+static int decode_item(void *ctx, size_t i)
+{
+    decode_job *j = ctx;
+    actl_tensor *t = NULL;
+    if (j->t[i])
+        return ACTL_OK;
+    int rc = decode_tensor(j->p, i, &t);
+    if (!rc) {
+        if (j->keep)
+            j->t[i] = t;
+        else
+            actl_tensor_free(t);
+        return ACTL_OK;
+    }
+    if (!j->rc)
+        return rc;
+    /* Recorded for the report, in order; only running out of memory stops. */
+    j->rc[i] = rc;
+    j->msg[i] = strdup(actl_errmsg());
+    return rc == ACTL_ENOMEM ? rc : ACTL_OK;
 }
 
 /* Builds the adapter from the n decoded tensors (taking them and the array). */
@@ -673,12 +1032,10 @@ int actl__pack_load(const char *path, const char *expect_hex, actl_adapter **out
         rc = actl__oom();
         goto out;
     }
-    for (made = 0; made < p.n; made++) {
-        actl_tensor *t;
-        if ((rc = decode_tensor(&p, made, &t)))
-            goto out;
-        tensors[made] = t;
-    }
+    made = p.n;
+    decode_job job = {&p, (actl_tensor **)tensors, true, NULL, NULL};
+    if ((rc = par_run(p.n, threads_for(p.size, p.n), decode_item, &job)))
+        goto out;
     rc = build(&p, tensors, out);
     tensors = NULL;
 out:
@@ -758,13 +1115,56 @@ static int report(int rc, actl_problem_fn fn, void *ctx, size_t *count)
     return ACTL_OK;
 }
 
+/* Decodes and checks the tensors of the parsed pack p (those in `tensors`
+ * already, decoded ahead, are taken as they are), reporting each damaged one
+ * in order; then, when out is not NULL and nothing was damaged, builds the
+ * adapter. `tensors` (p->n entries or NULL when out is NULL) is taken. */
+static int verify_tensors(pack *p, const actl_tensor **tensors, actl_problem_fn fn, void *ctx,
+                          size_t *count, actl_adapter **out)
+{
+    int rc = ACTL_OK, *rcs = NULL;
+    char **msgs = NULL;
+    if (p->n && (!(rcs = calloc(p->n, sizeof *rcs)) || !(msgs = calloc(p->n, sizeof *msgs)) ||
+                 (!tensors && !(tensors = calloc(p->n, sizeof *tensors))))) {
+        rc = actl__oom();
+        goto out;
+    }
+    decode_job job = {p, (actl_tensor **)tensors, out != NULL, rcs, msgs};
+    if ((rc = par_run(p->n, threads_for(p->size, p->n), decode_item, &job)))
+        goto out;
+    for (size_t i = 0; i < p->n; i++) {
+        if (rcs[i] == ACTL_ENOMEM) {
+            rc = actl__oom();
+            goto out;
+        }
+        if (rcs[i]) {
+            (*count)++;
+            if (fn)
+                fn(msgs[i] ? msgs[i] : actl_strerror(rcs[i]), ctx);
+        }
+    }
+    if (out && *count == 0) {
+        /* Intact bytes that do not make an adapter are a problem too. */
+        const actl_tensor **taken = tensors;
+        tensors = NULL;
+        if ((rc = build(p, taken, out)))
+            rc = report(rc, fn, ctx, count);
+    }
+out:
+    for (size_t i = 0; msgs && i < p->n; i++)
+        free(msgs[i]);
+    free(msgs);
+    free(rcs);
+    tensors_free(tensors, p->n);
+    return rc;
+}
+
 int actl__pack_verify_load(const char *path, const char *expect_hex, actl_problem_fn fn,
                            void *ctx, size_t *problems, actl_adapter **out)
 {
     int rc = ACTL_OK;
     pack p;
     size_t count = 0;
-    const actl_tensor **tensors = NULL;
     if (out)
         *out = NULL;
     if (!path || !problems)
@@ -784,28 +1184,8 @@ int actl__pack_verify_load(const char *path, const char *expect_hex, actl_proble
         rc = report(rc, fn, ctx, &count);
         goto out;
     }
-    if (out && p.n && !(tensors = calloc(p.n, sizeof *tensors))) {
-        rc = actl__oom();
-        goto out;
-    }
-    for (size_t i = 0; i < p.n; i++) {
-        actl_tensor *t = NULL;
-        if ((rc = decode_tensor(&p, i, &t)) && (rc = report(rc, fn, ctx, &count)))
-            goto out;
-        if (tensors)
-            tensors[i] = t; /* NULL for a damaged one: no adapter is built then */
-        else
-            actl_tensor_free(t);
-    }
-    if (tensors && count == 0) {
-        /* Intact bytes that do not make an adapter are a problem too. */
-        const actl_tensor **taken = tensors;
-        tensors = NULL;
-        if ((rc = build(&p, taken, out)))
-            rc = report(rc, fn, ctx, &count);
-    }
+    rc = verify_tensors(&p, NULL, fn, ctx, &count, out);
 out:
-    tensors_free(tensors, p.n);
     pack_close(&p);
     *problems = count;
     return rc;
@@ -815,4 +1195,141 @@ int actl__pack_verify(const char *path, const char *expect_hex, actl_problem_fn 
                       size_t *problems)
 {
     return actl__pack_verify_load(path, expect_hex, fn, ctx, problems, NULL);
+}
+
+/* ---- a pack that is still arriving ------------------------------------------ */
+
+struct actl__pack_head {
+    pack p;            /* the header's entries; no map, no file */
+    uint64_t data_off; /* where the frames start in the file */
+    char *path;
+};
+
+uint64_t actl__pack_head_size(const unsigned char *prefix)
+{
+    if (memcmp(prefix, ACTL_PACK_MAGIC, 8) != 0 ||
+        actl__get_le32(prefix + 8) != ACTL_PACK_FORMAT)
+        return 0;
+    uint64_t hlen = actl__get_le64(prefix + 16);
+    return hlen % 8 || hlen > ACTL_ST_MAX_HEADER ? 0 : PREFIX + hlen;
+}
+
+int actl__pack_head_parse(const void *bytes, size_t len, uint64_t size, const char *path,
+                          actl__pack_head **out)
+{
+    int rc = ACTL_OK;
+    actl__pack_head *h = NULL;
+    *out = NULL;
+    if (!bytes || !path)
+        return actl__err(ACTL_EINVAL, "pack head: NULL argument");
+    /* pack_parse reads the prefix and the header only, from the map. */
+    if (len < PREFIX || actl__pack_head_size(bytes) == 0 ||
+        actl__pack_head_size(bytes) > len || size < len)
+        return actl__err(ACTL_EINVAL, "pack '%s': the %zu bytes given do not hold its header",
+                         path, len);
+    if (!(h = calloc(1, sizeof *h)) || !(h->path = strdup(path))) {
+        rc = actl__oom();
+        goto out;
+    }
+    h->p.path = h->path;
+    h->p.fd = -1;
+    h->p.map = (unsigned char *)bytes; /* read only, and only in this call */
+    h->p.size = (size_t)size;
+    if (size > SIZE_MAX) {
+        rc = actl__err(ACTL_ELIMIT, "pack '%s' is too large to map", path);
+        goto out;
+    }
+    if ((rc = pack_parse(&h->p)))
+        goto out;
+    h->data_off = (uint64_t)(h->p.data - h->p.map);
+    h->p.map = NULL;
+    h->p.data = NULL;
+    *out = h;
+    h = NULL;
+out:
+    if (h)
+        h->p.map = NULL;
+    actl__pack_head_free(h);
+    return rc;
+}
+
+size_t actl__pack_head_count(const actl__pack_head *h) { return h ? h->p.n : 0; }
+
+void actl__pack_head_frame(const actl__pack_head *h, size_t i, uint64_t *offset, uint64_t *len)
+{
+    *offset = h->data_off + h->p.ents[i].offset;
+    *len = h->p.ents[i].stored;
+}
+
+int actl__pack_head_decode(const actl__pack_head *h, size_t i, const void *frame,
+                           actl_tensor **out)
+{
+    *out = NULL;
+    return decode_entry(h->path, &h->p.ents[i], frame, out);
+}
+
+void actl__pack_head_free(actl__pack_head *h)
+{
+    if (!h)
+        return;
+    pack_close(&h->p);
+    free(h->path);
+    free(h);
+}
+
+static bool same_entry(const pack_entry *a, const pack_entry *b)
+{
+    if (strcmp(a->name, b->name) != 0 || a->dtype != b->dtype || a->ndim != b->ndim ||
+        a->offset != b->offset || a->stored != b->stored || a->raw != b->raw ||
+        strcmp(a->sha256, b->sha256) != 0)
+        return false;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d])
+            return false;
+    return true;
+}
+
+int actl__pack_verify_load_ahead(const char *path, const actl__pack_head *h,
+                                 actl_tensor **ahead, actl_problem_fn fn, void *ctx,
+                                 size_t *problems, actl_adapter **out)
+{
+    int rc = ACTL_OK;
+    pack p;
+    size_t count = 0;
+    const actl_tensor **tensors = NULL;
+    *out = NULL;
+    *problems = 0;
+    if ((rc = pack_map(path, &p))) {
+        rc = report(rc, fn, ctx, &count);
+        goto out;
+    }
+    if ((rc = pack_parse(&p))) {
+        rc = report(rc, fn, ctx, &count);
+        goto out;
+    }
+    if (p.n && !(tensors = calloc(p.n, sizeof *tensors))) {
+        rc = actl__oom();
+        goto out;
+    }
+    /* A tensor decoded ahead counts when it came from the same place of the
+     * same header: the same bytes, since the file only grew meanwhile. */
+    bool same_head = h && ahead && h->p.n == p.n &&
+                     h->data_off == (uint64_t)(p.data - p.map) && h->p.size == p.size;
+    for (size_t i = 0; same_head && i < p.n; i++)
+        if (ahead[i] && same_entry(&h->p.ents[i], &p.ents[i])) {
+            tensors[i] = ahead[i];
+            ahead[i] = NULL;
+        }
+    rc = verify_tensors(&p, tensors, fn, ctx, &count, out);
+    tensors = NULL;
+out:
+    /* Those not taken above are of no use. */
+    for (size_t i = 0; h && ahead && i < h->p.n; i++) {
+        actl_tensor_free(ahead[i]);
+        ahead[i] = NULL;
+    }
+    tensors_free(tensors, p.n);
+    pack_close(&p);
+    *problems = count;
+    return rc;
 }

@@ -6,14 +6,24 @@
  * <store>/partial/<sha256 of the file's URL>.part, locked with flock while
  * the pull runs so that gc leaves them alone, and kept after a failed
  * download so the next pull resumes them; beside each, <...>.etag records
- * the ETag the bytes came with, so that a resumed request can say If-Range
- * and a server whose file changed sends it whole instead of a foreign tail.
+ * the ETag the bytes came with (written as soon as a response's headers are
+ * in, so that even a killed pull leaves it), so that a resumed request can
+ * say If-Range and a server whose file changed sends it whole instead of a
+ * foreign tail.
+ *
+ * The work a pull does besides the transfer runs while the file arrives (see
+ * "following a download"): a PEFT pull makes each tensor's pack frame, a
+ * pull from a published store decodes and checks each tensor of the pack,
+ * as soon as the bytes are there; the download's own SHA-256 is computed on
+ * the way too (fetch.c).
  *
  * Nothing enters the catalogue before every byte is verified: digests first
  * (X-Linked-Etag, --sha256, the pack's name), then the full validation of a
  * PEFT adapter (the code actl_adapter_load runs) or of a pack (every frame
- * and tensor hash). The catalogue is written by actl_store_add or
- * actl__store_add_pack, in one transaction each, after all of that.
+ * and tensor hash). The catalogue is written by actl__store_add_pack, in one
+ * transaction, after all of that: for a PEFT pull, with the pack this file
+ * writes (the bytes actl_store_add would write, from the frames made on the
+ * way) and fsyncs; for a published store, with the pack downloaded, fsynced.
  *
  * The fetch cache (schema/0003) remembers, per file URL, the ETag and digest
  * of what the last pull got and the pack it made, so the next pull of the
@@ -26,11 +36,14 @@
  * publish writes DIR/objects/<sha256> (each copied through a temporary file
  * and renamed, checked against its digest on the way) and then
  * DIR/index.json (atomically), so a reader never sees an index naming a
- * missing pack. */
+ * missing pack. A stack (a recipe over other entries, with no pack of its
+ * own) is not published: named, it is refused; publishing everything leaves
+ * it out and counts it. */
 #include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -225,23 +238,429 @@ static void etag_read(const part *pt, char out[ETAG_CAP])
     free(data);
 }
 
-/* Written plainly (no fsync): a lost or torn sidecar only costs a restart,
- * since a different ETag makes the server send the whole file. */
-static void etag_write(const part *pt, const char *etag)
+/* The sidecar of a partial file says which ETag every byte in it came with,
+ * so that the next pull can resume with If-Range. It is replaced (through a
+ * temporary file and a rename, so that it is never seen half written) when a
+ * response's body is accepted, before the body's first byte is written: a
+ * pull killed at any moment leaves bytes and sidecar that agree, or an empty
+ * file. Not fsynced: a sidecar lost in a crash only costs a restart, since
+ * without it the next pull asks for the whole file (or resumes only against
+ * a digest known beforehand). "" removes it. */
+static void etag_put(const part *pt, const char *etag)
 {
-    FILE *f = fopen(pt->etag_path, "we");
-    if (!f)
+    if (!etag[0]) {
+        unlink(pt->etag_path);
         return;
-    fprintf(f, "%s\n", etag);
-    fclose(f);
+    }
+    char *tmp = actl__temp_name(pt->etag_path);
+    FILE *f = tmp ? fopen(tmp, "we") : NULL;
+    bool ok = f && fprintf(f, "%s\n", etag) > 0;
+    if (f && fclose(f) != 0)
+        ok = false;
+    if (!ok || rename(tmp, pt->etag_path) != 0) {
+        if (f)
+            unlink(tmp);
+        unlink(pt->etag_path); /* better none than a stale one */
+    }
+    free(tmp);
+}
+
+/* ---- following a download ---------------------------------------------------------
+ * While a file downloads, worker threads read what has arrived (from the file,
+ * a little behind the writes) and do the work that would otherwise wait for
+ * its last byte: for adapter_model.safetensors each tensor's pack frame and
+ * digest (FOLLOW_ST), for a pack each tensor decoded and checked
+ * (FOLLOW_PACK). The transfer's thread only moves `ready` forward (fetch
+ * hooks). The first worker to find enough bytes reads the file's header and
+ * lays out the jobs, one per tensor in file order; each worker then takes the
+ * next job once all its bytes have arrived. When the download ends, the
+ * pulling thread joins in for what is left.
+ *
+ * Nothing done here is trusted on its own. A result is used only when the
+ * download completed and passed its digest checks, and only for the tensor
+ * that the strict reading of the complete file puts at the same place
+ * (pull_peft matches the adapter's tensors by file offset, dtype and size;
+ * actl__pack_verify_load_ahead compares the pack's header entries); anything
+ * else is done again there. A body that replaces the file after work began
+ * (a restart from zero) ends the following and drops what it did: the bytes
+ * read may be the old ones. */
+
+typedef enum { FOLLOW_ST, FOLLOW_PACK } follow_kind;
+
+size_t actl__pull_ahead = 0;
+
+/* Following starts once this many bytes have arrived: for a small file,
+ * threads would cost more than they save. ADAPTERCTL_PULL_FOLLOW_MIN (bytes)
+ * sets it, for tests that follow small files. */
+#define FOLLOW_MIN (4u << 20)
+#define FOLLOW_THREADS_MAX 4
+/* A tensor bigger than this is left for after the download rather than
+ * read into memory twice over. */
+#define FOLLOW_JOB_MAX (256u << 20)
+
+typedef struct fjob {
+    uint64_t off, len;      /* the bytes it needs: [off, off + len) of the file */
+    size_t index;           /* PACK: the tensor's index in the header */
+    char *name;             /* ST: the tensor's name (owned) */
+    actl_dtype dtype;       /* ST */
+    uint64_t begin;         /* ST: its offset in the data section */
+    actl__pack_frame frame; /* ST: the result */
+    actl_tensor *tensor;    /* PACK: the result */
+    bool done;
+} fjob;
+
+typedef struct follow {
+    follow_kind kind;
+    const char *path;     /* the partial file (lent) */
+    uint64_t size;        /* PACK: the size the index announces */
+    uint64_t min;         /* bytes after which following starts */
+    int fd;               /* the file, read-only, or -1 */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    /* under mu */
+    uint64_t ready;       /* bytes [0, ready) of the file have arrived */
+    uint64_t need;        /* bytes the next planning step needs */
+    bool ended;           /* no more bytes will come */
+    bool dead;            /* stop: a restart, or the download failed */
+    bool planning, planned;
+    size_t next;          /* the next job to take */
+    pthread_t th[FOLLOW_THREADS_MAX];
+    int nth;              /* threads started */
+    bool started;         /* threads were asked for */
+    /* the plan: written by the planning worker before `planned` is set */
+    fjob *jobs;           /* n, by file offset */
+    size_t n;
+    uint64_t st_data;     /* ST: where the data section starts */
+    actl__pack_head *head; /* PACK */
+} follow;
+
+static void follow_init(follow *w, follow_kind kind, const char *path, uint64_t size)
+{
+    memset(w, 0, sizeof *w);
+    w->kind = kind;
+    w->path = path;
+    w->size = size;
+    w->min = FOLLOW_MIN;
+    const char *env = getenv("ADAPTERCTL_PULL_FOLLOW_MIN");
+    char *end = NULL;
+    unsigned long long v = env && *env ? strtoull(env, &end, 10) : 0;
+    if (env && *env && end && !*end && v > 0)
+        w->min = v;
+    w->fd = -1;
+    w->need = kind == FOLLOW_ST ? 8 : ACTL_PACK_PREFIX_LEN;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+}
+
+/* Reads exactly n bytes at off; false when the file is shorter (a restart
+ * truncated it) or unreadable. */
+static bool read_at(int fd, void *buf, size_t n, uint64_t off)
+{
+    unsigned char *b = buf;
+    while (n) {
+        ssize_t r = pread(fd, b, n, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return false;
+        b += r;
+        n -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return true;
+}
+
+static int fjob_cmp(const void *a, const void *b)
+{
+    const fjob *x = a, *y = b;
+    return (x->off > y->off) - (x->off < y->off);
+}
+
+/* Lays out the jobs of a safetensors file from its header, read with the
+ * strict JSON parser actl_st_open uses. Anything odd gives no plan rather
+ * than an error: the strict reading after the download says what is wrong.
+ * Returns 1 (planned), 0 (*need: the bytes still needed) or -1 (give up). */
+static int plan_st(follow *w, uint64_t ready, uint64_t *need)
+{
+    unsigned char len8[8];
+    char *hdr = NULL;
+    json_t *root = NULL;
+    int rc = -1;
+    if (!w->st_data) {
+        if (!read_at(w->fd, len8, 8, 0))
+            return -1;
+        uint64_t hlen = actl__get_le64(len8);
+        if (hlen > ACTL_ST_MAX_HEADER)
+            return -1;
+        w->st_data = 8 + hlen;
+    }
+    if (ready < w->st_data) {
+        *need = w->st_data;
+        return 0;
+    }
+    size_t hlen = (size_t)(w->st_data - 8);
+    if (!(hdr = malloc(hlen ? hlen : 1)) || !read_at(w->fd, hdr, hlen, 8) ||
+        actl__json_parse(hdr, hlen, "safetensors header", &root) != ACTL_OK ||
+        !json_is_object(root))
+        goto out;
+    size_t cap = json_object_size(root);
+    if (cap && !(w->jobs = calloc(cap, sizeof *w->jobs)))
+        goto out;
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v)
+    {
+        if (strcmp(key, "__metadata__") == 0)
+            continue;
+        json_t *dt = json_object_get(v, "dtype"), *shape = json_object_get(v, "shape");
+        json_t *offs = json_object_get(v, "data_offsets");
+        int64_t dims[ACTL_MAX_DIMS], numel;
+        size_t nbytes, nd = json_array_size(shape);
+        actl_dtype dtype;
+        if (!json_is_string(dt) || actl_dtype_parse(json_string_value(dt), &dtype) != ACTL_OK ||
+            !json_is_array(shape) || nd > ACTL_MAX_DIMS || json_array_size(offs) != 2 ||
+            !json_is_integer(json_array_get(offs, 0)) || !json_is_integer(json_array_get(offs, 1)))
+            goto out;
+        for (size_t d = 0; d < nd; d++) {
+            json_t *x = json_array_get(shape, d);
+            if (!json_is_integer(x) || json_integer_value(x) < 0)
+                goto out;
+            dims[d] = json_integer_value(x);
+        }
+        json_int_t b = json_integer_value(json_array_get(offs, 0));
+        json_int_t e = json_integer_value(json_array_get(offs, 1));
+        if (actl__shape_size(dtype, (int)nd, dims, &numel, &nbytes) != ACTL_OK || b < 0 ||
+            e < b || (uint64_t)(e - b) != nbytes || (uint64_t)e > UINT64_MAX - w->st_data)
+            goto out;
+        if (nbytes == 0 || nbytes > FOLLOW_JOB_MAX)
+            continue; /* nothing to gain, or too big to hold twice: done after */
+        fjob *j = &w->jobs[w->n];
+        if (!(j->name = strdup(key)))
+            goto out;
+        w->n++;
+        j->dtype = dtype;
+        j->begin = (uint64_t)b;
+        j->off = w->st_data + (uint64_t)b;
+        j->len = nbytes;
+    }
+    if (w->n > 1)
+        qsort(w->jobs, w->n, sizeof *w->jobs, fjob_cmp);
+    rc = 1;
+out:
+    actl__err_clear(); /* this thread's message: nobody reads it */
+    json_decref(root);
+    free(hdr);
+    return rc;
+}
+
+/* Lays out the jobs of a pack from its prefix and header; returns as
+ * plan_st. */
+static int plan_pack(follow *w, uint64_t ready, uint64_t *need)
+{
+    unsigned char prefix[ACTL_PACK_PREFIX_LEN];
+    unsigned char *hdr = NULL;
+    int rc = -1;
+    if (!read_at(w->fd, prefix, sizeof prefix, 0))
+        return -1;
+    uint64_t hs = actl__pack_head_size(prefix);
+    if (hs == 0 || hs > w->size)
+        return -1;
+    if (ready < hs) {
+        *need = hs;
+        return 0;
+    }
+    if (!(hdr = malloc((size_t)hs)) || !read_at(w->fd, hdr, (size_t)hs, 0) ||
+        actl__pack_head_parse(hdr, (size_t)hs, w->size, w->path, &w->head) != ACTL_OK)
+        goto out;
+    size_t n = actl__pack_head_count(w->head);
+    if (n && !(w->jobs = calloc(n, sizeof *w->jobs)))
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        fjob *j = &w->jobs[w->n];
+        actl__pack_head_frame(w->head, i, &j->off, &j->len);
+        if (j->len > FOLLOW_JOB_MAX)
+            continue;
+        j->index = i;
+        w->n++;
+    }
+    rc = 1; /* frames are back to back in header order: sorted already */
+out:
+    actl__err_clear();
+    free(hdr);
+    return rc;
+}
+
+static void run_job(follow *w, fjob *j)
+{
+    unsigned char *buf = malloc(j->len ? (size_t)j->len : 1);
+    if (buf && read_at(w->fd, buf, (size_t)j->len, j->off)) {
+        if (w->kind == FOLLOW_ST)
+            j->done = actl__pack_frame_make(j->dtype, buf, (size_t)j->len, &j->frame) == ACTL_OK;
+        else
+            j->done = actl__pack_head_decode(w->head, j->index, buf, &j->tensor) == ACTL_OK;
+    }
+    /* A failure leaves the job undone; the final check does it again and
+     * reports it. */
+    actl__err_clear();
+    free(buf);
+}
+
+/* A worker: plans when it can, then takes jobs whose bytes have arrived,
+ * until there are none left or no more bytes will come. */
+static void follow_work(follow *w)
+{
+    pthread_mutex_lock(&w->mu);
+    while (!w->dead) {
+        if (!w->planned) {
+            if (w->planning || w->ready < w->need) {
+                if (w->ended)
+                    break;
+                pthread_cond_wait(&w->cv, &w->mu);
+                continue;
+            }
+            w->planning = true;
+            uint64_t ready = w->ready, need = w->need;
+            pthread_mutex_unlock(&w->mu);
+            int st = w->kind == FOLLOW_ST ? plan_st(w, ready, &need) : plan_pack(w, ready, &need);
+            pthread_mutex_lock(&w->mu);
+            w->planning = false;
+            w->need = need;
+            if (st < 0)
+                w->dead = true;
+            w->planned = st > 0;
+            pthread_cond_broadcast(&w->cv);
+            continue;
+        }
+        if (w->next < w->n && w->jobs[w->next].off + w->jobs[w->next].len <= w->ready) {
+            fjob *j = &w->jobs[w->next++];
+            pthread_mutex_unlock(&w->mu);
+            run_job(w, j);
+            pthread_mutex_lock(&w->mu);
+            continue;
+        }
+        if (w->next >= w->n || w->ended)
+            break;
+        pthread_cond_wait(&w->cv, &w->mu);
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void *follow_main(void *arg)
+{
+    follow_work(arg);
+    return NULL;
+}
+
+/* Starts the workers (under mu), once enough of the file has arrived: one
+ * fewer than the CPUs, since the transfer keeps one busy, and at least one. */
+static void follow_start(follow *w)
+{
+    w->started = true;
+    if ((w->fd = open(w->path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) < 0)
+        return;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int want = cpus > 2 ? (int)cpus - 1 : 1;
+    if (want > FOLLOW_THREADS_MAX)
+        want = FOLLOW_THREADS_MAX;
+    while (w->nth < want && pthread_create(&w->th[w->nth], NULL, follow_main, w) == 0)
+        w->nth++;
+}
+
+/* fetch hook: more bytes are there. */
+static void follow_grow(follow *w, uint64_t ready)
+{
+    pthread_mutex_lock(&w->mu);
+    if (ready > w->ready)
+        w->ready = ready;
+    if (!w->started && !w->dead && w->ready >= w->min)
+        follow_start(w);
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* fetch hook: a body replaces the file. Before any work began that is the
+ * file's first body (nothing to drop); after, following ends. */
+static void follow_restart(follow *w)
+{
+    pthread_mutex_lock(&w->mu);
+    if (w->started || w->ready > 0)
+        w->dead = true;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* The download ended: well (ok, all `size` bytes there; this thread then
+ * helps with the jobs left) or not (following stops). Joins the workers. */
+static void follow_end(follow *w, bool ok, uint64_t size)
+{
+    pthread_mutex_lock(&w->mu);
+    if (ok && size > w->ready)
+        w->ready = size;
+    if (!ok)
+        w->dead = true;
+    w->ended = true;
+    bool help = ok && w->nth > 0;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    if (help)
+        follow_work(w);
+    for (int i = 0; i < w->nth; i++)
+        pthread_join(w->th[i], NULL);
+    w->nth = 0;
+}
+
+/* True when the results may be used: following ran to the end of a download
+ * that completed. Call after follow_end. */
+static bool follow_usable(const follow *w) { return w->planned && !w->dead && w->ended; }
+
+static void follow_free(follow *w)
+{
+    follow_end(w, false, 0);
+    for (size_t i = 0; i < w->n; i++) {
+        free(w->jobs[i].name);
+        actl__pack_frame_release(&w->jobs[i].frame);
+        actl_tensor_free(w->jobs[i].tensor);
+    }
+    free(w->jobs);
+    actl__pack_head_free(w->head);
+    if (w->fd >= 0)
+        close(w->fd);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+}
+
+/* ---- one file of a pull ------------------------------------------------------------ */
+
+typedef struct hook_ctx {
+    const part *pt;
+    follow *w; /* or NULL */
+} hook_ctx;
+
+static int on_body(void *ctx, const char *etag, int resumed)
+{
+    hook_ctx *c = ctx;
+    etag_put(c->pt, etag);
+    if (c->w && !resumed)
+        follow_restart(c->w);
+    return ACTL_OK;
+}
+
+static void on_grow(void *ctx, uint64_t ready)
+{
+    hook_ctx *c = ctx;
+    if (c->w)
+        follow_grow(c->w, ready);
 }
 
 /* Downloads url into pt as one fetch (with its retries), resuming the bytes
  * pt holds when that is safe, revalidating with inm when not NULL, and
  * checking the result against X-Linked-Etag and `expect` (NULL: no digest
- * known beforehand). f gets the fetch's outputs. */
+ * known beforehand). f gets the fetch's outputs. w, when not NULL, follows
+ * the download (and has ended when this returns); writeback asks for the
+ * file to be written back to disk as it arrives (the caller will fsync and
+ * keep it). */
 static int fetch_part(pull *p, const char *url, part *pt, uint64_t max, const char *inm,
-                      const char *expect, actl__fetch *f)
+                      const char *expect, follow *w, bool writeback, actl__fetch *f)
 {
     char etag[ETAG_CAP], uq[ACTL__QUOTE_CAP];
     memset(f, 0, sizeof *f);
@@ -251,8 +670,11 @@ static int fetch_part(pull *p, const char *url, part *pt, uint64_t max, const ch
      * safe when the server can check they are still its file's (If-Range with
      * a strong ETag: otherwise it sends the whole file) or when the result is
      * checked against a digest known in advance; otherwise start again. */
-    if (part_size(pt) > 0 && !strong && !expect && ftruncate(pt->fd, 0) != 0)
-        return actl__err(ACTL_EIO, "cannot truncate '%s': %s", pt->path, strerror(errno));
+    if (part_size(pt) > 0 && !strong && !expect) {
+        if (ftruncate(pt->fd, 0) != 0)
+            return actl__err(ACTL_EIO, "cannot truncate '%s': %s", pt->path, strerror(errno));
+        unlink(pt->etag_path);
+    }
     f->url = url;
     f->path = pt->path;
     f->max_size = max;
@@ -262,17 +684,19 @@ static int fetch_part(pull *p, const char *url, part *pt, uint64_t max, const ch
         f->progress = on_progress;
         f->progress_ctx = p;
     }
-    int rc = actl__fetch_run(f);
+    hook_ctx hc = {pt, w};
+    actl__fetch_hooks hooks = {on_body, on_grow, &hc, writeback};
+    int rc = actl__fetch_run_hooked(f, &hooks);
+    if (w)
+        follow_end(w, rc == ACTL_OK && !f->not_modified, f->size);
     p->res.bytes_transferred += f->transferred;
     p->before += f->transferred;
     if (f->transferred > 0)
         p->res.files_transferred++;
     if (rc) {
-        /* The bytes received stay for the next pull, with the ETag they came
-         * with when the server sent one. */
-        if (part_size(pt) > 0 && f->etag[0])
-            etag_write(pt, f->etag);
-        else if (part_size(pt) == 0)
+        /* The bytes received stay for the next pull, with the sidecar the
+         * hook wrote; an empty file has nothing to resume. */
+        if (part_size(pt) == 0)
             unlink(pt->etag_path);
         return rc;
     }
@@ -633,6 +1057,107 @@ out:
     return rc;
 }
 
+/* The frames the follower made while adapter_model.safetensors downloaded,
+ * for the tensors of a (built from that file) they belong to: *out gets one
+ * entry per tensor of a, in its order (empty where none), or NULL when there
+ * are none. A frame belongs to a tensor when it was made from the bytes at
+ * the tensor's offset in the data section, of its dtype and size: the views
+ * of a are into the mapped file, whose data section starts where its first
+ * tensor does (actl_st_open checks that the tensors tile it from 0). */
+static int take_frames(follow *w, const actl_adapter *a, actl__pack_frame **out)
+{
+    unsigned char len8[8];
+    size_t n = actl_adapter_tensor_count(a);
+    *out = NULL;
+    if (!follow_usable(w) || !w->n || !n || !a->st || !actl_st_count(a->st) ||
+        !read_at(w->fd, len8, 8, 0) || 8 + actl__get_le64(len8) != w->st_data)
+        return ACTL_OK;
+    uintptr_t base = (uintptr_t)actl_st_tensor(a->st, 0)->data;
+    actl__pack_frame *ahead = calloc(n, sizeof *ahead);
+    if (!ahead)
+        return actl__oom();
+    for (size_t i = 0; i < n; i++) {
+        const actl_tensor *t = actl_adapter_tensor(a, i);
+        if ((uintptr_t)t->data < base)
+            continue;
+        fjob key;
+        key.off = w->st_data + (uint64_t)((uintptr_t)t->data - base);
+        fjob *j = bsearch(&key, w->jobs, w->n, sizeof *w->jobs, fjob_cmp);
+        if (j && j->done && j->dtype == t->dtype && j->len == t->nbytes &&
+            strcmp(j->name, t->name) == 0) {
+            ahead[i] = j->frame;
+            memset(&j->frame, 0, sizeof j->frame);
+            actl__pull_ahead++;
+        }
+    }
+    *out = ahead;
+    return ACTL_OK;
+}
+
+/* A file of <store>/partial made for this pull alone: created, then locked
+ * (so that gc leaves it), then checked to be still there under its name (gc
+ * may have taken it between the two). *path is malloc'd. */
+static int partial_temp(pull *p, const char *stem, char **path, int *fd)
+{
+    *fd = -1;
+    for (int tries = 0; tries < 100; tries++) {
+        struct stat held, named;
+        char *tmp = actl__strdup_printf("%s/%s.XXXXXX", p->partial, stem);
+        if (!tmp)
+            return actl__oom();
+        int f = mkstemp(tmp);
+        if (f < 0) {
+            int e = errno;
+            free(tmp);
+            return actl__err(ACTL_EIO, "cannot create a temporary file in '%s': %s", p->partial,
+                             strerror(e));
+        }
+        if (flock(f, LOCK_EX | LOCK_NB) == 0 && fstat(f, &held) == 0 &&
+            stat(tmp, &named) == 0 && held.st_ino == named.st_ino &&
+            held.st_dev == named.st_dev) {
+            /* mkstemp gives 0600; packs are published like any other file. */
+            mode_t um = umask(0);
+            umask(um);
+            (void)fchmod(f, 0666 & ~um);
+            *path = tmp;
+            *fd = f;
+            return ACTL_OK;
+        }
+        close(f);
+        free(tmp);
+    }
+    return actl__err(ACTL_EIO, "cannot create a temporary file in '%s': it keeps being removed",
+                     p->partial);
+}
+
+/* Writes a's pack into <store>/partial, with the frames w made while the
+ * file downloaded, and adds it to the catalogue (which moves it into
+ * objects/), as actl_store_add would with a's pack. */
+static int store_peft(pull *p, const actl_adapter *a, follow *w, const actl_add_opts *ao,
+                      actl_entries **l)
+{
+    actl__pack_frame *ahead = NULL;
+    char *tmp = NULL, hex[65];
+    int fd = -1;
+    size_t n = actl_adapter_tensor_count(a);
+    int rc = w ? take_frames(w, a, &ahead) : ACTL_OK;
+    if (rc || (rc = partial_temp(p, "pack", &tmp, &fd)))
+        goto out;
+    if ((rc = actl__pack_write_fd(a, ahead, fd, tmp, hex, NULL, NULL)))
+        goto out;
+    rc = actl__store_add_pack(p->s, tmp, hex, a, ao, l);
+out:
+    if (tmp) {
+        unlink(tmp); /* gone already when it was moved into objects/ */
+        close(fd);
+    }
+    for (size_t i = 0; ahead && i < n; i++)
+        actl__pack_frame_release(&ahead[i]);
+    free(ahead);
+    free(tmp);
+    return rc;
+}
+
 /* A PEFT directory at base (a URL the two file names are appended to),
  * named `name` in the store. */
 static int pull_peft(pull *p, const char *base, const char *name)
@@ -644,9 +1169,10 @@ static int pull_peft(pull *p, const char *base, const char *name)
     actl__fetch fc, fs;
     actl_adapter *a = NULL;
     actl_entries *l = NULL;
-    bool consumed = false, found = false;
+    bool consumed = false, found = false, following = false;
     char found_name[NAME_CAP];
     int64_t found_version = 0;
+    follow w;
     const char *expect = p->sha[0] ? p->sha : NULL;
     uint64_t cfg_max = p->max < ACTL_CONFIG_LIMIT ? p->max : ACTL_CONFIG_LIMIT;
     memset(&fc, 0, sizeof fc);
@@ -670,8 +1196,13 @@ static int pull_peft(pull *p, const char *base, const char *name)
         goto out;
     bool revalidate = found;
 
-    if ((rc = fetch_part(p, cfg_url, &pc, cfg_max, revalidate ? cc.etag : NULL, NULL, &fc)) ||
-        (rc = fetch_part(p, st_url, &ps, p->max, fc.not_modified ? cs.etag : NULL, expect, &fs)))
+    /* The tensors' frames are made while the weights download. */
+    follow_init(&w, FOLLOW_ST, ps.path, 0);
+    following = true;
+    if ((rc = fetch_part(p, cfg_url, &pc, cfg_max, revalidate ? cc.etag : NULL, NULL, NULL, false,
+                         &fc)) ||
+        (rc = fetch_part(p, st_url, &ps, p->max, fc.not_modified ? cs.etag : NULL, expect, &w,
+                         false, &fs)))
         goto fail;
     if (fc.not_modified && fs.not_modified) {
         if ((rc = find_adapter(p->s, cc.pack, p->url, NULL, name, 0, found_name,
@@ -690,12 +1221,14 @@ static int pull_peft(pull *p, const char *base, const char *name)
             goto out;
         }
         /* The adapter went away since: the bytes are needed again. */
-        if ((rc = fetch_part(p, cfg_url, &pc, cfg_max, NULL, NULL, &fc)) ||
-            (rc = fetch_part(p, st_url, &ps, p->max, NULL, expect, &fs)))
+        follow_free(&w);
+        follow_init(&w, FOLLOW_ST, ps.path, 0);
+        if ((rc = fetch_part(p, cfg_url, &pc, cfg_max, NULL, NULL, NULL, false, &fc)) ||
+            (rc = fetch_part(p, st_url, &ps, p->max, NULL, expect, &w, false, &fs)))
             goto fail;
     } else if (fc.not_modified) {
         /* The weights changed but the config did not: its bytes are needed. */
-        if ((rc = fetch_part(p, cfg_url, &pc, cfg_max, NULL, NULL, &fc)))
+        if ((rc = fetch_part(p, cfg_url, &pc, cfg_max, NULL, NULL, NULL, false, &fc)))
             goto fail;
     }
     consumed = true; /* both complete: whatever follows, nothing is left to resume */
@@ -718,7 +1251,7 @@ static int pull_peft(pull *p, const char *base, const char *name)
     ao.name = name;
     ao.tags = p->o->tags;
     ao.source = p->url;
-    if ((rc = actl_store_add(p->s, a, &ao, &l)))
+    if ((rc = store_peft(p, a, &w, &ao, &l)))
         goto fail;
     const actl_entry *e = actl_entries_get(l, 0);
     result_set(p, e->name, e->version, e->pack, fs.sha256, false);
@@ -733,6 +1266,8 @@ fail:
     actl__err_wrap(rc, "cannot pull '%s'", p->q);
 out:
     actl_entries_free(l);
+    if (following)
+        follow_free(&w);
     actl_adapter_free(a); /* before its mapped file is removed */
     part_release(&pc, consumed);
     part_release(&ps, consumed);
@@ -973,6 +1508,28 @@ static void first_problem(const char *message, void *ctx)
         snprintf(buf, 1024, "%s", message);
 }
 
+/* The tensors the follower decoded while a pack downloaded, by their index in
+ * its header (*out: actl__pack_head_count entries, NULL where none; NULL
+ * when there are none at all). */
+static int take_tensors(follow *w, actl_tensor ***out)
+{
+    *out = NULL;
+    size_t n = actl__pack_head_count(w->head);
+    if (!follow_usable(w) || !n)
+        return ACTL_OK;
+    actl_tensor **t = calloc(n, sizeof *t);
+    if (!t)
+        return actl__oom();
+    for (size_t i = 0; i < w->n; i++)
+        if (w->jobs[i].done) {
+            t[w->jobs[i].index] = w->jobs[i].tensor;
+            w->jobs[i].tensor = NULL;
+            actl__pull_ahead++;
+        }
+    *out = t;
+    return ACTL_OK;
+}
+
 /* ref (NAME or NAME@V) from the published store at base. */
 static int pull_published(pull *p, const char *base, const char *ref)
 {
@@ -990,7 +1547,8 @@ static int pull_published(pull *p, const char *base, const char *ref)
     part pt = PART_INIT;
     actl_adapter *a = NULL;
     actl_entries *l = NULL;
-    bool found = false, consumed = false, have = false;
+    bool found = false, consumed = false, have = false, following = false;
+    follow w;
     memset(&fi, 0, sizeof fi);
     memset(&fp, 0, sizeof fp);
     memset(&e, 0, sizeof e);
@@ -1124,16 +1682,35 @@ static int pull_published(pull *p, const char *base, const char *ref)
             rc = actl__oom();
             goto out;
         }
-        if ((rc = part_acquire(p, obj_url, &pt)) ||
-            (rc = fetch_part(p, obj_url, &pt, e.stored, NULL, e.pack, &fp)))
+        if ((rc = part_acquire(p, obj_url, &pt)))
+            goto fail;
+        /* Each tensor is decoded and checked while the pack downloads, and
+         * the file is written back to disk as it arrives: it is kept. */
+        follow_init(&w, FOLLOW_PACK, pt.path, e.stored);
+        following = true;
+        if ((rc = fetch_part(p, obj_url, &pt, e.stored, NULL, e.pack, &w, true, &fp)))
             goto fail;
         consumed = true;
+        /* fetch_part checked the digest of the bytes written; the header,
+         * every frame and tensor digest, and the adapter they make are
+         * checked here, from what the follower did where it applies. */
         size_t problems = 0;
-        if ((rc = actl__pack_verify_load(pt.path, e.pack, first_problem, problem, &problems, &a)))
+        actl_tensor **ahead = NULL;
+        if ((rc = take_tensors(&w, &ahead)))
+            goto out;
+        rc = actl__pack_verify_load_ahead(pt.path, ahead ? w.head : NULL, ahead, first_problem,
+                                          problem, &problems, &a);
+        free(ahead);
+        if (rc)
             goto fail;
         if (problems || !a) {
             rc = actl__err(ACTL_ECORRUPT, "pack %s of '%s@%lld': %s", e.pack, e.name,
                            (long long)e.version, problem[0] ? problem : "damaged");
+            goto fail;
+        }
+        /* On disk before the catalogue names it. */
+        if (fsync(pt.fd) != 0) {
+            rc = actl__err(ACTL_EIO, "cannot sync '%s': %s", pt.path, strerror(errno));
             goto fail;
         }
     }
@@ -1165,6 +1742,8 @@ fail:
 out:
     actl_entries_free(l);
     actl_adapter_free(a);
+    if (following)
+        follow_free(&w);
     part_release(&pt, consumed);
     json_decref(root);
     free(fi.data);
@@ -1506,8 +2085,14 @@ static int pack_ptr_cmp(const void *a, const void *b)
 
 int actl_store_publish(actl_store *s, const char *dir, const char *const *refs, size_t *count)
 {
+    return actl__store_publish(s, dir, refs, count, NULL);
+}
+
+int actl__store_publish(actl_store *s, const char *dir, const char *const *refs, size_t *count,
+                        size_t *stacks)
+{
     int rc = ACTL_OK;
-    size_t n_refs = 0, n = 0, n_lists = 0;
+    size_t n_refs = 0, n = 0, n_lists = 0, skipped = 0;
     actl_entries **lists = NULL;
     const actl_entry **v = NULL;
     const char **packs = NULL;
@@ -1515,6 +2100,8 @@ int actl_store_publish(actl_store *s, const char *dir, const char *const *refs, 
     json_t *root = NULL, *arr = NULL;
     if (count)
         *count = 0;
+    if (stacks)
+        *stacks = 0;
     if (!s || !dir)
         return actl__err(ACTL_EINVAL, "store publish: NULL argument");
     if (!*dir)
@@ -1546,8 +2133,24 @@ int actl_store_publish(actl_store *s, const char *dir, const char *const *refs, 
         goto out;
     }
     for (size_t i = 0; i < n_lists; i++)
-        for (size_t j = 0; j < actl_entries_count(lists[i]); j++)
-            v[n++] = actl_entries_get(lists[i], j);
+        for (size_t j = 0; j < actl_entries_count(lists[i]); j++) {
+            const actl_entry *e = actl_entries_get(lists[i], j);
+            /* A stack is a recipe over other entries, with no pack of its
+             * own, and an index lists packs: named, it is refused; when
+             * everything is published, it is left out and counted. */
+            if (!e->pack && n_refs) {
+                rc = actl__err(ACTL_EUNSUPPORTED,
+                               "cannot publish '%s@%lld': it is a stack, which has no pack of "
+                               "its own; publish its members",
+                               e->name, (long long)e->version);
+                goto out;
+            }
+            if (!e->pack) {
+                skipped++;
+                continue;
+            }
+            v[n++] = e;
+        }
     /* sorted by name and version, each once (a ref may be given twice) */
     if (n > 1)
         qsort(v, n, sizeof *v, entry_ptr_cmp);
@@ -1607,6 +2210,8 @@ int actl_store_publish(actl_store *s, const char *dir, const char *const *refs, 
         goto out;
     if (count)
         *count = n;
+    if (stacks)
+        *stacks = skipped;
 out:
     for (size_t i = 0; i < n_lists; i++)
         actl_entries_free(lists[i]);

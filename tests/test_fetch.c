@@ -432,6 +432,133 @@ static void test_fetch__resumes_across_calls_after_giving_up(void **state)
     assert_int_equal(bytes, BIG_SIZE);
 }
 
+/* ---- hooks (actl__fetch_run_hooked) ---------------------------------------- */
+
+/* What the hooks heard, and the file's size at each body(). */
+typedef struct heard {
+    const char *path;
+    int bodies;
+    char etag[4][300];
+    int resumed[4];
+    long size_at[4];
+    int grows;
+    uint64_t last, max_gap;
+    bool shrank;
+    int fail_with; /* body() returns this */
+} heard;
+
+static int heard_body(void *ctx, const char *etag, int resumed)
+{
+    heard *h = ctx;
+    if (h->bodies < 4) {
+        snprintf(h->etag[h->bodies], sizeof h->etag[0], "%s", etag);
+        h->resumed[h->bodies] = resumed;
+        struct stat st;
+        h->size_at[h->bodies] = stat(h->path, &st) == 0 ? (long)st.st_size : -1;
+    }
+    h->bodies++;
+    if (h->fail_with)
+        return actl__err(h->fail_with, "refused by the hook");
+    return ACTL_OK;
+}
+
+static void heard_grow(void *ctx, uint64_t ready)
+{
+    heard *h = ctx;
+    struct stat st;
+    /* what is announced is written */
+    if (stat(h->path, &st) != 0 || (uint64_t)st.st_size < ready)
+        h->shrank = true;
+    if (ready < h->last)
+        h->shrank = true;
+    else if (ready - h->last > h->max_gap)
+        h->max_gap = ready - h->last;
+    h->last = ready;
+    h->grows++;
+}
+
+static void test_fetch__hooks_hear_each_body_and_the_growth(void **state)
+{
+    (void)state;
+    char u[256], out[4400];
+    heard h;
+    memset(&h, 0, sizeof h);
+    h.path = out_path(out, sizeof out, "hooks");
+    actl__fetch_hooks hooks = {heard_body, heard_grow, &h, 1};
+    /* cut at half once: a body from zero, then its continuation */
+    actl__fetch f = new_fetch(url(u, sizeof u, "drop-half-1/big.bin"), out);
+    assert_ok(actl__fetch_run_hooked(&f, &hooks));
+    assert_string_equal(f.sha256, S.big_sha);
+    assert_int_equal(h.bodies, 2);
+    assert_string_equal(h.etag[0], S.big_etag);
+    assert_int_equal(h.resumed[0], 0);
+    assert_int_equal(h.size_at[0], 0);
+    /* the continuation came under If-Range with the same ETag */
+    assert_string_equal(h.etag[1], S.big_etag);
+    assert_int_equal(h.resumed[1], 1);
+    assert_true(h.size_at[1] > 0 && h.size_at[1] < (long)BIG_SIZE);
+    /* growth: never backwards, never ahead of the file, in steps of about
+     * ACTL_FETCH_GROW_STEP, and the whole size at the end */
+    assert_false(h.shrank);
+    assert_true(h.grows >= 3);
+    assert_true(h.max_gap <= ACTL_FETCH_GROW_STEP + (1u << 20));
+    assert_int_equal(h.last, BIG_SIZE);
+}
+
+static void test_fetch__hooks_hear_a_body_that_replaces_the_file(void **state)
+{
+    (void)state;
+    char u[256], out[4400];
+    heard h;
+    memset(&h, 0, sizeof h);
+    h.path = out_path(out, sizeof out, "hooks-restart");
+    test_write_file(out, "an older version of the file", 28);
+    actl__fetch_hooks hooks = {heard_body, heard_grow, &h, 0};
+    actl__fetch f = new_fetch(url(u, sizeof u, "big.bin"), out);
+    f.etag_in = "\"an-older-version\"";
+    assert_ok(actl__fetch_run_hooked(&f, &hooks));
+    assert_string_equal(f.sha256, S.big_sha);
+    /* the file was truncated before the hook heard of the new body */
+    assert_int_equal(h.bodies, 1);
+    assert_int_equal(h.resumed[0], 0);
+    assert_int_equal(h.size_at[0], 0);
+    assert_string_equal(h.etag[0], S.big_etag);
+    assert_int_equal(h.last, BIG_SIZE);
+}
+
+static void test_fetch__a_continuation_of_bytes_of_unknown_origin_names_no_etag(void **state)
+{
+    (void)state;
+    char u[256], out[4400];
+    heard h;
+    memset(&h, 0, sizeof h);
+    h.path = out_path(out, sizeof out, "hooks-noetag");
+    /* bytes held without an ETag (resumable only against a digest the caller
+     * checks): the server's ETag names its bytes, not the whole file */
+    test_write_file(out, S.big, 1000);
+    actl__fetch_hooks hooks = {heard_body, heard_grow, &h, 0};
+    actl__fetch f = new_fetch(url(u, sizeof u, "drop-half-5/big.bin"), out);
+    assert_err(actl__fetch_run_hooked(&f, &hooks), ACTL_EIO, "closed after");
+    assert_true(h.bodies >= 2);
+    for (int i = 0; i < 4 && i < h.bodies; i++) {
+        assert_string_equal(h.etag[i], "");
+        assert_int_equal(h.resumed[i], 1);
+    }
+    assert_string_equal(f.etag, ""); /* nothing for the next call's If-Range */
+    /* a hook that refuses a body fails the download with its code */
+    memset(&h, 0, sizeof h);
+    h.path = out_path(out, sizeof out, "hooks-refused");
+    h.fail_with = ACTL_ELIMIT;
+    f = new_fetch(url(u, sizeof u, "big.bin"), out);
+    assert_err(actl__fetch_run_hooked(&f, &hooks), ACTL_ELIMIT, "refused by the hook");
+    assert_int_equal(h.bodies, 1);
+    assert_int_equal(test_file_size(out), 0);
+    /* no hooks at all is actl__fetch_run */
+    f = new_fetch(url(u, sizeof u, "big.bin"), out_path(out, sizeof out, "hooks-none"));
+    assert_ok(actl__fetch_run_hooked(&f, NULL));
+    assert_string_equal(f.sha256, S.big_sha);
+}
+
 static void test_fetch__retries_a_short_body(void **state)
 {
     (void)state;
@@ -817,6 +944,9 @@ int main(void)
         T(test_fetch__restarts_a_partial_file_longer_than_the_file),
         T(test_fetch__resumes_after_a_dropped_connection),
         T(test_fetch__resumes_across_calls_after_giving_up),
+        T(test_fetch__hooks_hear_each_body_and_the_growth),
+        T(test_fetch__hooks_hear_a_body_that_replaces_the_file),
+        T(test_fetch__a_continuation_of_bytes_of_unknown_origin_names_no_etag),
         T(test_fetch__retries_a_short_body),
         T(test_fetch__continues_a_range_that_stops_short),
         T(test_fetch__keeps_no_byte_past_the_announced_length),

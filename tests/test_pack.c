@@ -512,6 +512,283 @@ static void test_pack__verify_reports_every_damaged_tensor(void **state)
     free_pack(&p);
 }
 
+/* ---- threads, frames made ahead, packs read while they arrive ------------ */
+
+static int threads_reset(void **state)
+{
+    (void)state;
+    actl__pack_threads = 0;
+    return 0;
+}
+
+/* Writes a's pack with actl__pack_write_fd into dir/name; returns its bytes. */
+static unsigned char *write_fd_pack(const actl_adapter *a, const actl__pack_frame *ahead,
+                                    const char *dir, const char *name, char hex[65], size_t *len)
+{
+    char *path = test_join(dir, name);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    assert_true(fd >= 0);
+    uint64_t stored = 0, raw = 0;
+    assert_ok(actl__pack_write_fd(a, ahead, fd, path, hex, &stored, &raw));
+    close(fd);
+    unsigned char *b = test_slurp(path, len);
+    assert_int_equal(stored, *len);
+    free(path);
+    return b;
+}
+
+static void test_pack__bytes_do_not_depend_on_threads_or_the_writer(void **state)
+{
+    (void)state;
+    size_t nd;
+    char **dirs = fixture_dirs(&nd);
+    char *tmp = test_tmpdir();
+    for (size_t i = 0; i < nd; i++) {
+        actl_adapter *a = load_fixture(dirs[i]);
+        char h1[65], h4[65], hfd[65], name[32];
+        actl__pack_threads = 1;
+        char *o1 = test_join(tmp, "one");
+        assert_ok(actl__pack_write(a, o1, h1, NULL, NULL));
+        actl__pack_threads = 4;
+        char *o4 = test_join(tmp, "four");
+        assert_ok(actl__pack_write(a, o4, h4, NULL, NULL));
+        assert_string_equal(h1, h4);
+        char *p1 = actl__pack_path(o1, h1), *p4 = actl__pack_path(o4, h4);
+        size_t l1, l4, lfd;
+        unsigned char *b1 = test_slurp(p1, &l1), *b4 = test_slurp(p4, &l4);
+        assert_int_equal(l1, l4);
+        assert_memory_equal(b1, b4, l1);
+        /* the digest named is the bytes' (an independent sha256sum) */
+        char sum[65];
+        test_sha256sum(p4, sum);
+        assert_string_equal(sum, h4);
+        snprintf(name, sizeof name, "fd-%zu", i);
+        unsigned char *bfd = write_fd_pack(a, NULL, tmp, name, hfd, &lfd);
+        assert_string_equal(hfd, h1);
+        assert_int_equal(lfd, l1);
+        assert_memory_equal(bfd, b1, l1);
+        free(bfd);
+        free(b1);
+        free(b4);
+        free(p1);
+        free(p4);
+        free(o1);
+        free(o4);
+        actl_adapter_free(a);
+    }
+    actl__pack_threads = 0;
+    test_rmtree(tmp);
+    free(tmp);
+    free_dirs(dirs, nd);
+}
+
+static void test_pack__frames_made_ahead_give_the_same_pack(void **state)
+{
+    (void)state;
+    char *tmp = test_tmpdir();
+    actl_adapter *a = load_fixture(ADAPTERS "/hf-tiny/lora-dora");
+    size_t n = actl_adapter_tensor_count(a);
+    assert_true(n >= 4);
+    char want[65], got[65];
+    size_t wl, gl;
+    unsigned char *wb = write_fd_pack(a, NULL, tmp, "plain", want, &wl);
+    /* every other tensor's frame made ahead; one entry made for another
+     * tensor (other dtype or size): not used, made again */
+    actl__pack_frame *ahead = calloc(n, sizeof *ahead);
+    assert_non_null(ahead);
+    for (size_t i = 0; i < n; i += 2) {
+        const actl_tensor *t = actl_adapter_tensor(a, i);
+        assert_ok(actl__pack_frame_make(t->dtype, t->data, t->nbytes, &ahead[i]));
+    }
+    const actl_tensor *t0 = actl_adapter_tensor(a, 0);
+    size_t other = 0;
+    for (size_t i = 1; i < n && !other; i++)
+        if (actl_adapter_tensor(a, i)->nbytes != t0->nbytes)
+            other = i;
+    assert_true(other > 0);
+    actl__pack_frame_release(&ahead[other]);
+    assert_ok(actl__pack_frame_make(t0->dtype, t0->data, t0->nbytes, &ahead[other]));
+    actl__pack_threads = 3;
+    unsigned char *gb = write_fd_pack(a, ahead, tmp, "ahead", got, &gl);
+    assert_string_equal(got, want);
+    assert_int_equal(gl, wl);
+    assert_memory_equal(gb, wb, wl);
+    /* a frame's digest is the tensor's */
+    char sha[65];
+    assert_ok(actl__sha256_hex(t0->data, t0->nbytes, sha));
+    assert_string_equal(ahead[0].sha256, sha);
+    for (size_t i = 0; i < n; i++)
+        actl__pack_frame_release(&ahead[i]);
+    actl__pack_frame_release(NULL);
+    free(ahead);
+    free(wb);
+    free(gb);
+    actl_adapter_free(a);
+    test_rmtree(tmp);
+    free(tmp);
+}
+
+static void test_pack__a_head_read_early_decodes_what_the_whole_pack_holds(void **state)
+{
+    (void)state;
+    packed p = make_pack(ADAPTERS "/hf-tiny/lora-bias");
+    packed q = make_pack(ADAPTERS "/hf-tiny/road-2");
+    uint64_t hs = actl__pack_head_size(p.bytes);
+    assert_true(hs > ACTL_PACK_PREFIX_LEN && hs < p.len);
+    assert_int_equal(hs, 24 + le64(p.bytes + 16));
+    /* not a pack prefix */
+    unsigned char junk[ACTL_PACK_PREFIX_LEN] = "NOTAPACK";
+    assert_int_equal(actl__pack_head_size(junk), 0);
+    actl__pack_head *h = NULL;
+    /* too few bytes for the header: refused */
+    assert_err(actl__pack_head_parse(p.bytes, (size_t)hs - 1, p.len, p.path, &h), ACTL_EINVAL,
+               "header");
+    assert_null(h);
+    assert_ok(actl__pack_head_parse(p.bytes, (size_t)hs, p.len, p.path, &h));
+    size_t n = actl__pack_head_count(h);
+    actl_adapter *whole = NULL;
+    assert_ok(actl__pack_load(p.path, p.hex, &whole));
+    assert_int_equal(n, actl_adapter_tensor_count(whole));
+    actl_tensor **ahead = calloc(n, sizeof *ahead);
+    assert_non_null(ahead);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t off, len;
+        actl__pack_head_frame(h, i, &off, &len);
+        assert_true(off >= hs && off + len <= p.len);
+        assert_ok(actl__pack_head_decode(h, i, p.bytes + off, &ahead[i]));
+        const actl_tensor *w = actl_adapter_tensor(whole, i);
+        assert_string_equal(ahead[i]->name, w->name);
+        assert_int_equal(ahead[i]->nbytes, w->nbytes);
+        assert_memory_equal(ahead[i]->data, w->data, w->nbytes);
+    }
+    /* a frame with a flipped byte does not decode */
+    uint64_t off, len;
+    actl__pack_head_frame(h, 0, &off, &len);
+    unsigned char *frame = malloc(len);
+    memcpy(frame, p.bytes + off, len);
+    frame[len - 1] ^= 0x40;
+    actl_tensor *bad = NULL;
+    assert_int_equal(actl__pack_head_decode(h, 0, frame, &bad), ACTL_ECORRUPT);
+    assert_null(bad);
+    free(frame);
+    /* verify with every tensor decoded ahead (half of them dropped first) */
+    actl_tensor_free(ahead[1]);
+    ahead[1] = NULL;
+    size_t np = 9;
+    actl_adapter *a = NULL;
+    actl__pack_threads = 2;
+    assert_ok(actl__pack_verify_load_ahead(p.path, h, ahead, NULL, NULL, &np, &a));
+    assert_int_equal(np, 0);
+    assert_non_null(a);
+    assert_same_adapter(a, whole);
+    for (size_t i = 0; i < n; i++)
+        assert_null(ahead[i]); /* all taken */
+    actl_adapter_free(a);
+    /* tensors decoded from another pack's head are not taken for this one */
+    actl__pack_head *hq = NULL;
+    uint64_t hsq = actl__pack_head_size(q.bytes);
+    assert_ok(actl__pack_head_parse(q.bytes, (size_t)hsq, q.len, q.path, &hq));
+    size_t nq = actl__pack_head_count(hq);
+    actl_tensor **other = calloc(nq, sizeof *other);
+    for (size_t i = 0; i < nq; i++) {
+        actl__pack_head_frame(hq, i, &off, &len);
+        assert_ok(actl__pack_head_decode(hq, i, q.bytes + off, &other[i]));
+    }
+    assert_ok(actl__pack_verify_load_ahead(p.path, hq, other, NULL, NULL, &np, &a));
+    assert_int_equal(np, 0);
+    assert_same_adapter(a, whole);
+    actl_adapter_free(a);
+    /* a file whose header entry differs from the head's (here a tensor's
+     * digest, the header's length and checksum kept right): that tensor is
+     * decoded again, and its bytes do not match the digest */
+    for (size_t i = 0; i < n; i++) {
+        uint64_t o, l;
+        actl__pack_head_frame(h, i, &o, &l);
+        assert_ok(actl__pack_head_decode(h, i, p.bytes + o, &ahead[i]));
+    }
+    unsigned char *alt = malloc(p.len);
+    memcpy(alt, p.bytes, p.len);
+    char *hdr = (char *)alt + 24, *sha = strstr(hdr, "\"sha256\":\"");
+    assert_non_null(sha);
+    sha += 10;
+    sha[0] = sha[0] == 'a' ? 'b' : 'a';
+    uint64_t alt_hlen = le64(alt + 16);
+    uint64_t sum = actl__xxh64(hdr, (size_t)alt_hlen, 0);
+    for (int k = 0; k < 4; k++)
+        alt[12 + k] = (unsigned char)(sum >> (8 * k));
+    char *altp = test_join(p.dir, "alt.pack");
+    spit(altp, alt, p.len);
+    problems pa = {0};
+    assert_ok(actl__pack_verify_load_ahead(altp, h, ahead, collect, &pa, &np, &a));
+    assert_int_equal(np, 1);
+    assert_true(any_has(&pa, "SHA-256 mismatch"));
+    assert_null(a);
+    free(altp);
+    free(alt);
+    /* without a head, a plain verify: a damaged frame is reported */
+    p.bytes[off = le64(p.bytes + 16) + 24 + 3] ^= 0x01;
+    char *dam = test_join(p.dir, "damaged.pack");
+    spit(dam, p.bytes, p.len);
+    problems pr = {0};
+    assert_ok(actl__pack_verify_load_ahead(dam, NULL, NULL, collect, &pr, &np, &a));
+    assert_int_equal(np, 1);
+    assert_null(a);
+    free(dam);
+    free(other);
+    free(ahead);
+    actl__pack_head_free(hq);
+    actl__pack_head_free(h);
+    actl__pack_head_free(NULL);
+    actl_adapter_free(whole);
+    actl__pack_threads = 0;
+    free_pack(&p);
+    free_pack(&q);
+}
+
+/* Decoding on several threads reports the damaged tensors in their order,
+ * and a load names the first one. */
+static void test_pack__threads_report_damage_in_tensor_order(void **state)
+{
+    (void)state;
+    packed p = make_pack(ADAPTERS "/hf-tiny/lora-dora");
+    json_t *hdr = header_of(p.bytes, p.len);
+    json_t *ts = json_object_get(hdr, "tensors");
+    size_t nt = json_array_size(ts);
+    assert_true(nt >= 4);
+    uint64_t data_start = 24 + le64(p.bytes + 16);
+    for (size_t k = 1; k < nt; k += 2) {
+        json_t *t = json_array_get(ts, k);
+        uint64_t end = data_start + (uint64_t)json_integer_value(json_object_get(t, "offset")) +
+                       (uint64_t)json_integer_value(json_object_get(t, "stored"));
+        p.bytes[end - 1] ^= 0x40;
+    }
+    char *bad = test_join(p.dir, "bad.pack");
+    spit(bad, p.bytes, p.len);
+    for (int threads = 1; threads <= 4; threads += 3) {
+        actl__pack_threads = threads;
+        problems pr = {0};
+        size_t count = 0;
+        assert_ok(actl__pack_verify(bad, NULL, collect, &pr, &count));
+        assert_int_equal(count, nt / 2);
+        for (size_t k = 1, m = 0; k < nt; k += 2, m++) {
+            char needle[600];
+            snprintf(needle, sizeof needle, "tensor '%s'",
+                     json_string_value(json_object_get(json_array_get(ts, k), "name")));
+            assert_non_null(strstr(pr.msgs[m], needle));
+        }
+        actl_adapter *a = NULL;
+        char needle[600];
+        snprintf(needle, sizeof needle, "tensor '%s'",
+                 json_string_value(json_object_get(json_array_get(ts, 1), "name")));
+        assert_err(actl__pack_load(bad, NULL, &a), ACTL_ECORRUPT, needle);
+        assert_null(a);
+    }
+    actl__pack_threads = 0;
+    free(bad);
+    json_decref(hdr);
+    free_pack(&p);
+}
+
 static void test_pack__refuses_truncated_packs(void **state)
 {
     (void)state;
@@ -927,6 +1204,14 @@ int main(void)
         cmocka_unit_test(test_pack__index_lists_what_the_header_says),
         cmocka_unit_test(test_pack__install_moves_shares_and_replaces),
         cmocka_unit_test(test_pack__verify_load_gives_the_adapter_only_when_clean),
+        cmocka_unit_test_teardown(test_pack__bytes_do_not_depend_on_threads_or_the_writer,
+                                  threads_reset),
+        cmocka_unit_test_teardown(test_pack__frames_made_ahead_give_the_same_pack,
+                                  threads_reset),
+        cmocka_unit_test_teardown(
+            test_pack__a_head_read_early_decodes_what_the_whole_pack_holds, threads_reset),
+        cmocka_unit_test_teardown(test_pack__threads_report_damage_in_tensor_order,
+                                  threads_reset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -227,6 +227,72 @@ static size_t partial_count(const fx *f)
     return test_count_files(dir);
 }
 
+/* Downloads followed from their first byte (pull.c's follower starts once
+ * ADAPTERCTL_PULL_FOLLOW_MIN bytes have arrived, 4 MiB unless set) and packs
+ * made on three threads: the work done while a file arrives, and on several
+ * threads, must give the bytes the plain path gives. */
+static int follow_on(void **state)
+{
+    (void)state;
+    setenv("ADAPTERCTL_PULL_FOLLOW_MIN", "1", 1);
+    actl__pack_threads = 3;
+    return 0;
+}
+
+static int follow_off(void **state)
+{
+    (void)state;
+    unsetenv("ADAPTERCTL_PULL_FOLLOW_MIN");
+    actl__pack_threads = 0;
+    return 0;
+}
+
+/* A LoRA of BIG_LAYERS layers, r 64: q_proj F32 of width 1024 and v_proj
+ * BF16 of width 2048 (xorshift64 bytes, all values finite), so that every
+ * tensor is 256 KiB and the file (larger elements first, then by name) holds
+ * them in another order than their names: 6 MiB, more than one growth step
+ * of a download. Written as a PEFT directory at dir. */
+#define BIG_LAYERS 6
+static void write_big_lora(const char *dir)
+{
+    static const char config[] =
+        "{\"base_model_name_or_path\": \"test/big\", \"lora_alpha\": 128, "
+        "\"peft_type\": \"LORA\", \"r\": 64, \"target_modules\": [\"q_proj\", \"v_proj\"]}";
+    const char *mods[] = {"q_proj", "v_proj"};
+    actl_tensor *t[BIG_LAYERS * 4];
+    size_t n = 0;
+    uint64_t r = 0x2545f4914f6cdd1dull;
+    char path[PATH_CAP + 64];
+    mkdirs(dir);
+    for (int layer = 0; layer < BIG_LAYERS; layer++)
+        for (int m = 0; m < 2; m++)
+            for (int ab = 0; ab < 2; ab++) {
+                char name[200];
+                actl_dtype dt = m ? ACTL_BF16 : ACTL_F32;
+                int64_t width = m ? 2048 : 1024;
+                int64_t shape[2] = {ab ? width : 64, ab ? 64 : width};
+                size_t esz = m ? 2 : 4;
+                pathf(name, sizeof name, "base_model.model.model.layers.%d.self_attn.%s.lora_%s.weight",
+                      layer, mods[m], ab ? "B" : "A");
+                assert_ok(actl_tensor_new(name, dt, 2, shape, NULL, &t[n]));
+                unsigned char *b = t[n]->data;
+                for (size_t i = 0; i < t[n]->nbytes; i += esz) {
+                    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+                    for (size_t k = 0; k + 1 < esz; k++)
+                        b[i + k] = (unsigned char)(r >> (8 * k)); /* mantissa bits */
+                    /* sign, and a high exponent byte of a value near 1e-3 */
+                    b[i + esz - 1] = (unsigned char)((r >> 40 & 0x80) | (0x38 + (r >> 48 & 3)));
+                }
+                n++;
+            }
+    pathf(path, sizeof path, "%s/" MODEL_FILE, dir);
+    assert_ok(actl_st_write(path, (const actl_tensor *const *)t, n, NULL));
+    pathf(path, sizeof path, "%s/" CONFIG_FILE, dir);
+    test_write_text(path, config);
+    for (size_t i = 0; i < n; i++)
+        actl_tensor_free(t[i]);
+}
+
 /* ---- PEFT directory URLs -------------------------------------------------------- */
 
 static void test_pull__peft_url_gives_what_a_local_add_gives_for_every_fixture(void **state)
@@ -236,6 +302,7 @@ static void test_pull__peft_url_gives_what_a_local_add_gives_for_every_fixture(v
     actl_store *local = store_beside(&f, "local");
     fixture_list fl;
     list_fixtures(&fl);
+    size_t ahead = actl__pull_ahead;
     for (size_t i = 0; i < fl.n; i++) {
         char url[PATH_CAP], want_pack[65], sha[65], path[PATH_CAP + 64], ref[200];
         actl_entries *l = NULL;
@@ -272,6 +339,9 @@ static void test_pull__peft_url_gives_what_a_local_add_gives_for_every_fixture(v
     }
     assert_int_equal(partial_count(&f), 0);
     assert_verify_clean(f.s);
+    /* under follow_on, the follower did work for every pull */
+    if (getenv("ADAPTERCTL_PULL_FOLLOW_MIN"))
+        assert_true(actl__pull_ahead - ahead >= fl.n);
     actl_store_close(local);
     test_fx_free(&f);
 }
@@ -649,7 +719,7 @@ static void test_publish__then_pull_round_trips_every_kind(void **state)
     assert_ok(actl_store_list(f.s, &q, &all));
     actl_pull_opts o = actl_pull_default_opts();
     const char *seen[64];
-    size_t n_seen = 0;
+    size_t n_seen = 0, ahead = actl__pull_ahead;
     for (size_t i = 0; i < actl_entries_count(all); i++) {
         const actl_entry *want = actl_entries_get(all, i);
         char ref[200], source[PATH_CAP + 200];
@@ -682,6 +752,9 @@ static void test_publish__then_pull_round_trips_every_kind(void **state)
         actl_adapter_free(x);
         actl_adapter_free(y);
     }
+    /* under follow_on, every pack downloaded was decoded on the way */
+    if (getenv("ADAPTERCTL_PULL_FOLLOW_MIN"))
+        assert_true(actl__pull_ahead - ahead >= n_seen);
     /* the second pull of each is unchanged: no pack moves (the index does:
      * file:// has no ETags) */
     actl_store_stats before, after;
@@ -987,6 +1060,65 @@ static void test_publish__a_missing_ref_writes_nothing(void **state)
     test_fx_free(&f);
 }
 
+/* A stack is a recipe over other entries, without a pack of its own: left out
+ * (and counted) when everything is published, refused when named. */
+static void test_publish__leaves_out_stacks_and_refuses_one_named(void **state)
+{
+    (void)state;
+    fx f = test_fx_new();
+    char pub[PATH_CAP], index[PATH_CAP + 64], sha[65], sha2[65];
+    add_fixture(f.s, ADAPTERS "/base-tiny/lora", "a", NULL, NULL, NULL);
+    add_fixture(f.s, ADAPTERS "/base-tiny/road-2", "b", NULL, NULL, NULL);
+    actl_inputs *in = NULL;
+    assert_ok(actl_inputs_new(&in));
+    assert_ok(actl_inputs_add(in, f.s, "a", 1.0));
+    assert_ok(actl_inputs_add(in, f.s, "b", 0.5));
+    size_t n_in;
+    const actl_input *items = actl_inputs_items(in, &n_in);
+    actl_add_opts o = actl_add_default_opts();
+    o.name = "mix";
+    assert_ok(actl_store_add_stack(f.s, items, n_in, &o, NULL));
+    actl_inputs_free(in);
+
+    pathf(pub, sizeof pub, "%s/pub", f.dir);
+    pathf(index, sizeof index, "%s/index.json", pub);
+    size_t count = 9, stacks = 9;
+    assert_ok(actl__store_publish(f.s, pub, NULL, &count, &stacks));
+    assert_int_equal(count, 2);
+    assert_int_equal(stacks, 1);
+    assert_ok(actl_store_publish(f.s, pub, NULL, &count));
+    assert_int_equal(count, 2);
+    /* the index lists the two adapters and no stack */
+    size_t len;
+    char *text = (char *)test_slurp(index, &len);
+    json_t *root = NULL;
+    assert_ok(actl__json_parse(text, len, "index", &root));
+    json_t *list = json_object_get(root, "adapters");
+    assert_int_equal(json_array_size(list), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "name")), "a");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 1), "name")), "b");
+    json_decref(root);
+    free(text);
+
+    /* named, alone or among others: refused, and the index stays as it was */
+    test_sha256sum(index, sha);
+    const char *refs[] = {"mix", NULL};
+    assert_err(actl__store_publish(f.s, pub, refs, &count, &stacks), ACTL_EUNSUPPORTED,
+               "'mix@1': it is a stack");
+    assert_int_equal(count, 0);
+    assert_int_equal(stacks, 0);
+    const char *refs2[] = {"a", "mix@1", NULL};
+    assert_err(actl_store_publish(f.s, pub, refs2, &count), ACTL_EUNSUPPORTED, "stack");
+    test_sha256sum(index, sha2);
+    assert_string_equal(sha, sha2);
+    /* nothing is written for a refused one */
+    char pub2[PATH_CAP];
+    pathf(pub2, sizeof pub2, "%s/pub2", f.dir);
+    assert_err(actl_store_publish(f.s, pub2, refs, NULL), ACTL_EUNSUPPORTED, "stack");
+    assert_false(actl__exists(pub2));
+    test_fx_free(&f);
+}
+
 static void test_publish__refuses_a_damaged_pack_and_keeps_the_old_index(void **state)
 {
     (void)state;
@@ -1087,6 +1219,8 @@ static int http_setup(void **state)
     copy_fixture(ADAPTERS "/hf-tiny/mos", dir);
     pathf(dir, sizeof dir, "%s/org/repo/resolve/main", S.root);
     copy_fixture(ADAPTERS "/base-tiny/road-4", dir);
+    pathf(dir, sizeof dir, "%s/peft/big", S.root);
+    write_big_lora(dir);
     return start_server();
 }
 
@@ -1135,6 +1269,64 @@ static int reset_counters(void **state)
     assert_ok(actl__fetch_run(&f));
     free(f.data);
     return 0;
+}
+
+static int reset_and_follow(void **state)
+{
+    reset_counters(state);
+    return follow_on(state);
+}
+
+/* A download of a few MiB, followed while it arrives (by default from 4 MiB
+ * on; from the first byte under follow_on), cut halfway once, as a PEFT URL
+ * and from a published store: the same pack as a local add, every byte sent
+ * once. */
+static void test_pull_http__a_big_adapter_pulled_while_it_arrives_is_the_local_adds(void **state)
+{
+    (void)state;
+    fx f = test_fx_new();
+    char u[256], src[PATH_CAP], pub[PATH_CAP + 64], want[65], sha[65];
+    pathf(src, sizeof src, "%s/peft/big", S.root);
+    add_fixture(f.s, src, "big", NULL, NULL, want);
+    pathf(pub, sizeof pub, "%s/pub-big", S.root);
+    assert_ok(actl_store_publish(f.s, pub, NULL, NULL));
+    pathf(src, sizeof src, "%s/peft/big/" MODEL_FILE, S.root);
+    test_sha256sum(src, sha);
+    uint64_t size = test_file_size(src);
+
+    actl_store *b = store_beside(&f, "b");
+    actl_pull_opts o = actl_pull_default_opts();
+    size_t ahead = actl__pull_ahead;
+    actl_pull_result r = do_pull(b, http_url(u, sizeof u, "drop-half-1/peft/big"), NULL, &o);
+    /* the tensors after the first 4 MiB at least were compressed on the way */
+    assert_true(actl__pull_ahead - ahead >= 6);
+    assert_string_equal(r.pack, want);
+    assert_string_equal(r.sha256, sha);
+    assert_int_equal(served("/drop-half-1/peft/big/" MODEL_FILE), (long)size);
+
+    actl_store *c = store_beside(&f, "c");
+    char pack[PATH_CAP + 160];
+    pathf(pack, sizeof pack, "/drop-half-1/pub-big/objects/%s", want);
+    ahead = actl__pull_ahead;
+    r = do_pull(c, http_url(u, sizeof u, "drop-half-1/pub-big"), "big", &o);
+    assert_true(actl__pull_ahead - ahead >= 6);
+    assert_string_equal(r.pack, want);
+    pathf(src, sizeof src, "%s/objects/%.2s/%s", f.store, want, want);
+    assert_int_equal(served(pack), (long)test_file_size(src));
+    actl_adapter *x = NULL, *y = NULL, *z = NULL;
+    assert_ok(actl_store_load(f.s, "big", &x));
+    assert_ok(actl_store_load(b, "big", &y));
+    assert_ok(actl_store_load(c, "big", &z));
+    test_assert_same_tensors(x, y);
+    test_assert_same_tensors(x, z);
+    actl_adapter_free(x);
+    actl_adapter_free(y);
+    actl_adapter_free(z);
+    assert_verify_clean(b);
+    assert_verify_clean(c);
+    actl_store_close(b);
+    actl_store_close(c);
+    test_fx_free(&f);
 }
 
 static void test_pull_http__second_pull_revalidates_and_transfers_nothing(void **state)
@@ -1300,6 +1492,9 @@ int main(void)
 {
     const struct CMUnitTest file_tests[] = {
         cmocka_unit_test(test_pull__peft_url_gives_what_a_local_add_gives_for_every_fixture),
+        cmocka_unit_test_setup_teardown(
+            test_pull__peft_url_gives_what_a_local_add_gives_for_every_fixture, follow_on,
+            follow_off),
         cmocka_unit_test(test_pull__unchanged_peft_url_adds_nothing_the_second_time),
         cmocka_unit_test(test_pull__name_tags_and_a_trailing_slash),
         cmocka_unit_test(test_pull__refuses_what_it_cannot_name_or_reach),
@@ -1309,6 +1504,8 @@ int main(void)
         cmocka_unit_test(test_pull__hf_url_validation),
         cmocka_unit_test(test_publish__writes_a_sorted_index_and_verified_objects),
         cmocka_unit_test(test_publish__then_pull_round_trips_every_kind),
+        cmocka_unit_test_setup_teardown(test_publish__then_pull_round_trips_every_kind,
+                                        follow_on, follow_off),
         cmocka_unit_test(test_pull__published_pack_already_here_is_not_downloaded),
         cmocka_unit_test(test_pull__published_version_taken_locally_is_EEXIST_unless_renamed),
         cmocka_unit_test(test_pull__ref_missing_from_the_index_is_ENOTFOUND),
@@ -1316,15 +1513,19 @@ int main(void)
         cmocka_unit_test(test_pull__hostile_index_is_refused),
         cmocka_unit_test(test_publish__a_missing_ref_writes_nothing),
         cmocka_unit_test(test_publish__refuses_a_damaged_pack_and_keeps_the_old_index),
+        cmocka_unit_test(test_publish__leaves_out_stacks_and_refuses_one_named),
         cmocka_unit_test(test_gc__removes_an_abandoned_partial_but_not_a_locked_one),
     };
 #define H(name) cmocka_unit_test_setup(name, reset_counters)
+#define HF(name) cmocka_unit_test_setup_teardown(name, reset_and_follow, follow_off)
     const struct CMUnitTest http_tests[] = {
         H(test_pull_http__second_pull_revalidates_and_transfers_nothing),
         H(test_pull_http__published_store_second_pull_transfers_nothing),
         H(test_pull_http__resumes_a_partial_file_with_if_range),
         H(test_pull_http__hf_over_http_and_x_linked_etag),
         H(test_pull_http__a_failed_download_keeps_a_partial_that_gc_removes),
+        H(test_pull_http__a_big_adapter_pulled_while_it_arrives_is_the_local_adds),
+        HF(test_pull_http__a_big_adapter_pulled_while_it_arrives_is_the_local_adds),
     };
     int failed = cmocka_run_group_tests_name("pull (file://)", file_tests, NULL, NULL);
     failed += cmocka_run_group_tests_name("pull (http)", http_tests, http_setup, http_teardown);

@@ -39,11 +39,16 @@ TMP=$(mktemp -d)
 PY=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || echo python3)
 . tests/nginx.sh
 FAULT_PID=
+SWAP_PID=
 cleanup() {
     nginx_stop
     if [ -n "$FAULT_PID" ]; then
         kill "$FAULT_PID" 2>/dev/null
         wait "$FAULT_PID" 2>/dev/null
+    fi
+    if [ -n "$SWAP_PID" ]; then
+        kill "$SWAP_PID" 2>/dev/null
+        wait "$SWAP_PID" 2>/dev/null
     fi
     rm -rf "$TMP"
 }
@@ -284,6 +289,22 @@ def cmd_fget(url):
     except Exception:
         pass
     c.close()
+
+def cmd_sidecar(store, ref):
+    """What the ETag sidecar beside the partial download of ref (see
+    cmd_partial) holds, or "none"."""
+    want = open(ref, "rb").read()
+    for p in partial_files(store):
+        if not p.endswith(".part"):
+            continue
+        data = open(p, "rb").read()
+        if len(data) < len(want) and want.startswith(data):
+            try:
+                print(open(p[:-5] + ".etag").read().strip())
+            except OSError:
+                print("none")
+            return
+    print("none")
 
 def partial_files(store):
     top = os.path.join(store, "partial")
@@ -553,6 +574,36 @@ else
     read -r _ b2 <<<"$(served_f "$P/adapter_model.safetensors")"
     check "pulling again after a kill transfers only the remainder" "$((ESZ - part))" "$((b2 - b1))"
 
+    # -- the same without --sha256: the ETag the bytes come with is recorded
+    # (atomically) as soon as the response's headers arrive, before its body,
+    # so the killed pull's bytes are resumed with If-Range --
+    P=/trickle-1/peft/hf-tiny/lora
+    LSZ=$(py size "$HT/lora/adapter_model.safetensors")
+    py fget "$F$P/adapter_config.json"
+    before
+    "$BIN" --store "$S" pull "$F$P" --name killed2 >/dev/null 2>&1 &
+    kpid=$!
+    sleep 1.5
+    kill -KILL "$kpid" 2>/dev/null
+    wait "$kpid" 2>/dev/null
+    expect_unchanged "a pull without --sha256 killed mid-transfer"
+    part=$(py partial "$S" "$HT/lora/adapter_model.safetensors")
+    if [ "$part" -gt 0 ]; then pass "the killed pull left a partial file ($part bytes)"
+    else fail "the killed pull left a partial file" "$(ls -lR "$S" | head -30)"; fi
+    check "the killed pull recorded the ETag beside its partial file" \
+        "\"$(py sha "$HT/lora/adapter_model.safetensors")\"" \
+        "$(py sidecar "$S" "$HT/lora/adapter_model.safetensors")"
+    read -r _ b1 <<<"$(served_f "$P/adapter_model.safetensors")"
+    st --json pull "$F$P" --name killed2
+    check_rc "pulling again after a kill without --sha256 exits 0" 0
+    read -r _ b2 <<<"$(served_f "$P/adapter_model.safetensors")"
+    check "pulling again after a kill without --sha256 transfers only the remainder" \
+        "$((LSZ - part))" "$((b2 - b1))"
+    mkdir -p "$TMP/exp-killed"
+    st export killed2 "$TMP/exp-killed/killed2"
+    check_py "the resumed download exports the fixture's tensors and config" exports \
+        <(echo "killed2 $HT/lora") "$TMP/exp-killed"
+
     # -- acceptance 3: faults --
     P=/drop-half/peft/hf-tiny/lora
     before
@@ -636,6 +687,114 @@ else
     check "gc leaves no partial file" "0" "$(py npartial "$S")"
     st verify
     check_rc "verify after the faults and gc exits 0" 0
+fi
+
+# ---- a file that changes while it downloads --------------------------------------
+# pull works on the weights while they arrive (lib/pull.c, "following a
+# download"). A server whose file changes mid-download (the first answer cut
+# after 2 MiB of version 1, the retry answered 200 with version 2 under
+# another ETag) makes that work stale: what the pull stores must be version
+# 2's, exactly what a local add of version 2 gives. Following starts at the
+# first MiB here (ADAPTERCTL_PULL_FOLLOW_MIN).
+
+mkdir -p "$TMP/swap/v1" "$TMP/swap/v2"
+"$PY" - "$TMP/swap" <<'PYEOF2'
+import json, os, random, struct, sys
+top = sys.argv[1]
+HI = bytes((b & 0x80) | (0x38 + (b & 3)) for b in range(256))
+def lora(out, seed):
+    rnd = random.Random(seed)
+    r, width, layers, mods = 16, 4096, 4, ["q_proj", "v_proj"]
+    hdr, off, blobs = {}, 0, []
+    for layer in range(layers):
+        for m in mods:
+            k = "base_model.model.model.layers.%d.self_attn.%s" % (layer, m)
+            for name, shape in ((k + ".lora_A.weight", [r, width]), (k + ".lora_B.weight", [width, r])):
+                n = shape[0] * shape[1]
+                # BF16 of magnitude ~1e-3, finite: random mantissas, a few exponents
+                lo = rnd.randbytes(n)
+                hi = rnd.randbytes(n).translate(HI)
+                data = bytearray(2 * n)
+                data[0::2], data[1::2] = lo, hi
+                hdr[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [off, off + 2 * n]}
+                blobs.append(bytes(data))
+                off += 2 * n
+    h = json.dumps(hdr).encode()
+    h += b" " * (-len(h) % 8)
+    with open(os.path.join(out, "adapter_model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        for b in blobs:
+            f.write(b)
+    with open(os.path.join(out, "adapter_config.json"), "w") as f:
+        json.dump({"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"],
+                   "base_model_name_or_path": "test/swap"}, f)
+lora(os.path.join(top, "v1"), 1)
+lora(os.path.join(top, "v2"), 2)
+PYEOF2
+cat >"$TMP/swap/server.py" <<'PYEOF2'
+import http.server, os, sys, threading
+top, portfile = sys.argv[1], sys.argv[2]
+n = {"weights": 0}
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        name = os.path.basename(self.path)
+        if name == "adapter_config.json":
+            return self.send(200, open(os.path.join(top, "v2", name), "rb").read(), '"c"')
+        n["weights"] += 1
+        if n["weights"] == 1:  # version 1, cut after 2 MiB
+            data = open(os.path.join(top, "v1", name), "rb").read()
+            self.send_response(200)
+            self.send_header("ETag", '"v1"')
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:2 << 20])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        # If-Range "v1" no longer matches: the whole of version 2
+        self.send(200, open(os.path.join(top, "v2", name), "rb").read(), '"v2"')
+    def send(self, status, body, etag):
+        self.send_response(status)
+        self.send_header("ETag", etag)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+srv.daemon_threads = True
+with open(portfile + ".tmp", "w") as f:
+    f.write(str(srv.server_address[1]))
+os.rename(portfile + ".tmp", portfile)
+threading.Timer(120, srv.shutdown).start()  # never outlives a test that died
+srv.serve_forever()
+PYEOF2
+"$PY" "$TMP/swap/server.py" "$TMP/swap" "$TMP/swap/port" >"$TMP/swap/log" 2>&1 &
+SWAP_PID=$!
+for i in $(seq 100); do
+    [ -s "$TMP/swap/port" ] && break
+    sleep 0.05
+done
+if [ ! -s "$TMP/swap/port" ]; then
+    fail "the changing-file server starts" "$(cat "$TMP/swap/log")"
+else
+    S=$TMP/s-swap
+    st --json add "$TMP/swap/v2" --name want
+    want=$(py get "$TMP/out" pack)
+    ADAPTERCTL_PULL_FOLLOW_MIN=1048576 st --json pull "http://127.0.0.1:$(cat "$TMP/swap/port")/x" --name swapped
+    check_rc "a pull whose file changes mid-download exits 0" 0
+    check "what it stores is the new version's pack, as a local add makes it" "$want" \
+        "$(py get "$TMP/out" pack)"
+    mkdir -p "$TMP/exp-swap"
+    st export swapped "$TMP/exp-swap/swapped"
+    check_py "the new version's tensors and config" exports <(echo "swapped $TMP/swap/v2") \
+        "$TMP/exp-swap"
+    st verify
+    check_rc "verify after the changed file exits 0" 0
+    kill "$SWAP_PID" 2>/dev/null
+    wait "$SWAP_PID" 2>/dev/null
+    SWAP_PID=
 fi
 
 # ---- nginx -----------------------------------------------------------------------
