@@ -1839,7 +1839,9 @@ static void test_merge__replaced_tensor_is_widened_per_row_block(void **state)
     long peak = status_kb("VmHWM:");
     print_message("replaced lm_head of %lld MiB: peak RSS grew by %.1f MiB\n",
                   (long long)(vocab * dim * 4 >> 20), (double)(peak - before) / 1024);
-    assert_true(peak - before < (long)(vocab * dim * 4 / 1024 / 4));
+    /* Whole-tensor widening grew it by 39 MiB; per block it grows by about 6 MiB, 9 under
+     * ASan's allocator: half the tensor separates the two with room to spare. */
+    assert_true(peak - before < (long)(vocab * dim * 4 / 1024 / 2));
     model ref = model_load(base);
     ref_apply(&ref, a, 0.5);
     compare(&ref, out, -1, "replaced lm_head at 0.5");
