@@ -75,16 +75,12 @@ static int add_module(actl_base *b, char *name, int64_t rows, int64_t cols)
 {
     if (!name)
         return actl__oom();
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? 2 * b->cap : 64;
-        base_module *p = realloc(b->mods, cap * sizeof *p);
-        if (!p) {
-            free(name);
-            return actl__oom();
-        }
-        b->mods = p;
-        b->cap = cap;
+    base_module *p = actl__grow(b->mods, b->n, &b->cap, sizeof *p, 64);
+    if (!p) {
+        free(name);
+        return actl__oom();
     }
+    b->mods = p;
     b->mods[b->n++] = (base_module){name, rows, cols};
     return ACTL_OK;
 }

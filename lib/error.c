@@ -1,7 +1,9 @@
 /* error.c: result codes, their fixed texts, and the per-thread message. */
 #include "internal.h"
 
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MSG_MAX 2048
@@ -64,3 +66,16 @@ int actl__err_wrap(int code, const char *fmt, ...)
 }
 
 int actl__oom(void) { return actl__err(ACTL_ENOMEM, "out of memory"); }
+
+void *actl__grow(void *p, size_t n, size_t *cap, size_t elem, size_t first)
+{
+    if (n < *cap)
+        return p;
+    size_t c = *cap ? 2 * *cap : first;
+    if (c > SIZE_MAX / elem)
+        return NULL;
+    void *q = realloc(p, c * elem);
+    if (q)
+        *cap = c;
+    return q;
+}

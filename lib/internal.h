@@ -28,6 +28,10 @@ int actl__err(int code, const char *fmt, ...) ACTL_PRINTF(2, 3);
 int actl__err_wrap(int code, const char *fmt, ...) ACTL_PRINTF(2, 3);
 /* ACTL_ENOMEM with a fixed message. */
 int actl__oom(void);
+/* Room for element n of an array p of *cap elements of elem bytes: p itself
+ * while n < *cap, else p grown to twice *cap (`first` when empty) with *cap
+ * updated; NULL (p and *cap untouched) when that cannot be allocated. */
+void *actl__grow(void *p, size_t n, size_t *cap, size_t elem, size_t first);
 /* Clears the message (used before lookups that may fail silently). */
 void actl__err_clear(void);
 

@@ -206,14 +206,10 @@ static job *find_job(merge *mg, const char *name)
 
 static int add_op(job *j, const op *x)
 {
-    if (j->nops == j->cap) {
-        size_t cap = j->cap ? 2 * j->cap : 4;
-        op *p = realloc(j->ops, cap * sizeof *p);
-        if (!p)
-            return actl__oom();
-        j->ops = p;
-        j->cap = cap;
-    }
+    op *p = actl__grow(j->ops, j->nops, &j->cap, sizeof *p, 4);
+    if (!p)
+        return actl__oom();
+    j->ops = p;
     j->ops[j->nops++] = *x;
     return ACTL_OK;
 }
@@ -1032,14 +1028,10 @@ out:
 
 static int add_task(merge *mg, const task *t)
 {
-    if (mg->ntasks == mg->tcap) {
-        size_t cap = mg->tcap ? 2 * mg->tcap : 256;
-        task *p = realloc(mg->tasks, cap * sizeof *p);
-        if (!p)
-            return actl__oom();
-        mg->tasks = p;
-        mg->tcap = cap;
-    }
+    task *p = actl__grow(mg->tasks, mg->ntasks, &mg->tcap, sizeof *p, 256);
+    if (!p)
+        return actl__oom();
+    mg->tasks = p;
     mg->tasks[mg->ntasks++] = *t;
     return ACTL_OK;
 }

@@ -867,15 +867,12 @@ static int members_of(actl_store *s, int64_t id, actl__stack_member **out, size_
     sqlite3_bind_int64(st, 1, id);
     int r;
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 8;
-            actl__stack_member *m2 = realloc(m, cap * sizeof *m2);
-            if (!m2) {
-                rc = actl__oom();
-                goto out;
-            }
-            m = m2;
+        actl__stack_member *m2 = actl__grow(m, n, &cap, sizeof *m2, 8);
+        if (!m2) {
+            rc = actl__oom();
+            goto out;
         }
+        m = m2;
         actl__stack_member *e = &m[n];
         memset(e, 0, sizeof *e);
         const char *pack = (const char *)sqlite3_column_text(st, 1);
