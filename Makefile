@@ -15,9 +15,9 @@ CFLAGS ?= -O3 -g
 
 # Debian packages the build, the tests and the demo need.
 DEB_PKGS := pkg-config libsqlite3-dev libzstd-dev libcurl4-openssl-dev libopenblas-dev \
-            liblapacke-dev libjansson-dev libssl-dev libpcre2-dev libcmocka-dev python3 \
+            liblapacke-dev libjansson-dev libssl-dev libpcre2-dev libutf8proc-dev libcmocka-dev python3 \
             nginx curl
-PKGS := sqlite3 libzstd libcurl openblas lapacke jansson libcrypto libpcre2-8
+PKGS := sqlite3 libzstd libcurl openblas lapacke jansson libcrypto libpcre2-8 libutf8proc
 
 ifeq ($(SAN),1)
 BUILD := build-san

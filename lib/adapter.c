@@ -471,3 +471,29 @@ out:
     free(origin);
     return rc;
 }
+
+/* The last path component, without trailing slashes, as [*start, *start + *len). */
+static void last_component(const char *s, const char **start, size_t *len)
+{
+    size_t n = strlen(s);
+    while (n > 1 && s[n - 1] == '/')
+        n--;
+    size_t b = n;
+    while (b > 0 && s[b - 1] != '/')
+        b--;
+    *start = s + b;
+    *len = n - b;
+}
+
+/* An adapter trained on "meta-llama/Llama-2-7b-hf" fits a base whose config
+ * says "/models/Llama-2-7b-hf": the same name, fetched to another place. */
+bool actl__same_model(const char *a, const char *b)
+{
+    if (!strcmp(a, b))
+        return true;
+    const char *sa, *sb;
+    size_t la, lb;
+    last_component(a, &sa, &la);
+    last_component(b, &sb, &lb);
+    return la > 0 && la == lb && !memcmp(sa, sb, la);
+}

@@ -762,6 +762,180 @@ int actl_store_add_stack(actl_store *s, const actl_input *in, size_t n, const ac
                          actl_entries **out);
 
 
+/* ------------------------------------------------------------------ */
+/* Models (DESIGN.md 4.3, 10)                                          */
+/* ------------------------------------------------------------------ */
+
+/* A LLaMA-family decoder's configuration and weights, read-only once loaded
+ * and shareable by any number of batches (and threads). */
+typedef struct actl_model actl_model;
+
+typedef enum actl_rope_type {
+    ACTL_ROPE_DEFAULT = 0, /* rope_scaling null */
+    ACTL_ROPE_LINEAR = 1,  /* positions divided by factor */
+    ACTL_ROPE_LLAMA3 = 2   /* Llama 3.1 frequency-dependent scaling */
+} actl_rope_type;
+
+typedef struct actl_model_info {
+    const char *source;      /* "hf" or "llama2c" (static) */
+    const char *model_id;    /* config.json "_name_or_path", or NULL (lent) */
+    int64_t dim;             /* hidden_size */
+    int64_t hidden;          /* intermediate_size */
+    int64_t layers, heads, kv_heads, head_dim;
+    int64_t vocab;
+    int64_t max_seq;         /* max_position_embeddings (llama2.c: seq_len) */
+    double norm_eps;         /* rms_norm_eps (llama2.c: 1e-5) */
+    double rope_theta;       /* default 10000 */
+    actl_rope_type rope_type;
+    double rope_factor;      /* linear, llama3 */
+    double rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
+    int64_t rope_original_max; /* llama3: original_max_position_embeddings */
+    int tied;                /* the output head is the embedding table */
+    int attention_bias;      /* q/k/v carry biases (Qwen2-style) */
+    int widened;             /* every weight was widened to F32 at load */
+    actl_dtype dtype;        /* the dtype the projection weights are stored in */
+    int32_t bos_id, eos_id;  /* config.json bos/eos_token_id (first of a list);
+                                llama2.c: 1 and 2; -1 when unknown */
+    int64_t params;          /* elements over all weights (the head counted once if tied) */
+} actl_model_info;
+
+#define ACTL_MODEL_WIDEN 0x1 /* widen every weight to F32 at load (else each is kept
+                                as stored and widened block by block when used) */
+
+/* path: a Hugging Face directory (config.json with model_type "llama",
+ * "mistral" or "qwen2", or architectures naming one of their *ForCausalLM;
+ * weights in model.safetensors or shards with an index), or a llama2.c .bin
+ * checkpoint (7 int32 header: dim, hidden, layers, heads, kv_heads, vocab -
+ * negative for an untied head - and seq_len; fp32 tensors), whose q/k rows
+ * are permuted into the HF rotate-half order and whose tensors take HF names
+ * (DESIGN.md 4.3). ACTL_EUNSUPPORTED naming the architecture it does not run;
+ * ACTL_ENOTFOUND naming a missing tensor; ACTL_ESHAPE naming a tensor of the
+ * wrong shape; ACTL_EFORMAT for a truncated or lying file. */
+int actl_model_load(const char *path, int flags, actl_model **out);
+void actl_model_free(actl_model *m);
+void actl_model_info_get(const actl_model *m, actl_model_info *out);
+/* The model's linear and embedding modules with their shapes, for
+ * actl_adapter_validate (lent, valid while the model lives). */
+const actl_base *actl_model_base(const actl_model *m);
+
+/* ------------------------------------------------------------------ */
+/* Tokenizers (DESIGN.md 10)                                           */
+/* ------------------------------------------------------------------ */
+
+typedef struct actl_tokenizer actl_tokenizer;
+
+/* path: a llama2.c tokenizer.bin; an HF tokenizer.json (SentencePiece-style
+ * BPE with byte fallback, or byte-level BPE); a GPT-2-style vocab.json (with
+ * merges.txt beside it) or encoder.json (with vocab.bpe); Meta's tiktoken
+ * tokenizer.model; a .gguf file's vocabulary; or a directory holding one of
+ * them (tokenizer.json first). pre: the byte-level pre-tokenizer by name -
+ * "gpt2", "llama3", "qwen2", "smollm" (digits split individually, then
+ * GPT-2's) - or NULL to take it from the file (tokenizer.json's
+ * pre_tokenizer, tiktoken: llama3, vocab.json: gpt2, gguf: tokenizer.ggml.pre). */
+int actl_tokenizer_load(const char *path, const char *pre, actl_tokenizer **out);
+void actl_tokenizer_free(actl_tokenizer *t);
+size_t actl_tokenizer_vocab_size(const actl_tokenizer *t);
+/* BOS / EOS ids the file names, or -1. */
+int32_t actl_tokenizer_bos(const actl_tokenizer *t);
+int32_t actl_tokenizer_eos(const actl_tokenizer *t);
+
+#define ACTL_TOK_BOS 0x1     /* prepend BOS (when the tokenizer has one) */
+#define ACTL_TOK_SPECIAL 0x2 /* text spelling a special or added token becomes that token */
+
+/* Encodes len bytes of UTF-8 text (invalid UTF-8 is ACTL_EINVAL). *ids is
+ * malloc'd (may be NULL when *n is 0). */
+int actl_tokenizer_encode(const actl_tokenizer *t, const char *text, size_t len, int flags,
+                          int32_t **ids, size_t *n);
+/* The bytes token id stands for (byte-level alphabet undone, "▁" made a
+ * space, <0xNN> made its byte; special tokens give their text), lent and
+ * valid while t lives; NULL for an id out of range. */
+const char *actl_tokenizer_piece(const actl_tokenizer *t, int32_t id, size_t *len);
+/* The text of ids, the pieces concatenated (a SentencePiece-style
+ * tokenizer drops the space its normalizer put before the first piece).
+ * Invalid or partial UTF-8 (a sequence cut between ids) is kept as bytes.
+ * *text malloc'd and NUL-terminated. */
+int actl_tokenizer_decode(const actl_tokenizer *t, const int32_t *ids, size_t n, char **text,
+                          size_t *len);
+
+/* ------------------------------------------------------------------ */
+/* The decoder: batches of sequences, each with its own adapter        */
+/* ------------------------------------------------------------------ */
+
+typedef struct actl_batch actl_batch;
+
+typedef struct actl_batch_opts {
+    int max_seqs;    /* sequences alive at once (default 32) */
+    int64_t max_ctx; /* positions per sequence (prompt + new tokens); 0: the model's max_seq */
+    int threads;     /* 0: every online CPU */
+} actl_batch_opts;
+actl_batch_opts actl_batch_default_opts(void);
+
+int actl_batch_new(const actl_model *m, const actl_batch_opts *o, actl_batch **out);
+void actl_batch_free(actl_batch *b);
+
+/* Prepares an adapter - in[0..n) applied in order on each module, n > 1 a
+ * stack (DESIGN.md 3.5), each with its weight - for every request that names
+ * the returned handle (> 0; 0 means no adapter). The adapters are converted
+ * into the decoder's own form (fp32, DoRA factors and RoAd coefficients
+ * precomputed, MoS materialized), so in[] need not outlive the call.
+ * Validated against the model: ACTL_ENOTFOUND / ACTL_ESHAPE naming the
+ * adapter and module that does not fit; ACTL_EINVAL when an adapter names a
+ * base model (base_model_name_or_path) other than the model's id, both being
+ * known; ACTL_EUNSUPPORTED for a module the decoder does not run. */
+int actl_batch_adapter(actl_batch *b, const actl_input *in, size_t n, int *handle);
+
+typedef struct actl_request {
+    const int32_t *prompt;   /* ids (with BOS if wanted), at least one */
+    size_t n_prompt;
+    int adapter;             /* a handle from actl_batch_adapter, or 0 */
+    int64_t max_tokens;      /* new tokens to generate (0: only the prompt's logits / score) */
+    const int32_t *score;    /* a continuation whose log-probability to compute, or NULL: */
+    size_t n_score;          /* it is fed after the prompt, nothing is sampled */
+    float temperature;       /* 0: greedy (the first largest logit) */
+    int top_k;               /* 0: off */
+    float top_p;             /* 1 (or 0): off */
+    uint64_t seed;
+    const int32_t *stop_ids; /* generation ends after emitting one of these */
+    size_t n_stop_ids;
+} actl_request;
+/* Sets the fields to: no adapter, greedy, top_p 1, no stop ids. */
+actl_request actl_request_default(void);
+
+/* Adds a sequence; *seq is its slot (>= 0). The ids are copied.
+ * ACTL_ELIMIT when prompt + score + max_tokens exceed max_ctx (message:
+ * the lengths and the limit), or when max_seqs sequences are alive;
+ * ACTL_EINVAL for an id outside the vocabulary or an unknown handle. */
+int actl_batch_add(actl_batch *b, const actl_request *r, int *seq);
+
+/* Runs every live, unfinished sequence one step: prompts (and score
+ * continuations) not yet processed are prefilled together, the others
+ * decode their last token; the base projections run once for all rows.
+ * Then each generating sequence samples one token. *running (may be NULL):
+ * sequences still unfinished after the step. */
+int actl_batch_step(actl_batch *b, int *running);
+
+typedef enum actl_finish {
+    ACTL_RUNNING = 0,
+    ACTL_FINISH_LENGTH = 1, /* max_tokens reached (or nothing to generate) */
+    ACTL_FINISH_STOP = 2    /* a stop id was emitted (it is included in the tokens) */
+} actl_finish;
+actl_finish actl_batch_finished(const actl_batch *b, int seq);
+/* The tokens generated so far and, per token, its log-probability under the
+ * model (log-softmax of the logits at temperature 1). Lent until the next
+ * step or remove. */
+size_t actl_batch_tokens(const actl_batch *b, int seq, const int32_t **ids,
+                         const float **logprobs);
+/* The logits (vocab floats) the sequence's latest token was sampled from -
+ * after a prompt-only request, those at the prompt's last position. NULL
+ * before the first step. Lent until the next step or remove. */
+const float *actl_batch_logits(const actl_batch *b, int seq);
+/* A score request's result: the sum of log-probabilities of the
+ * continuation and, per token, each one (lent). ACTL_EINVAL if seq had no
+ * continuation or has not run. */
+int actl_batch_score(const actl_batch *b, int seq, double *logprob, const float **per_token);
+/* Frees the slot (its KV cache reused by the next add). */
+void actl_batch_remove(actl_batch *b, int seq);
+
 #ifdef __cplusplus
 }
 #endif

@@ -701,11 +701,160 @@ extern int64_t actl__compose_exact_dim;
  * "imagegpt");
  * everything else (model_type NULL included) is nn.Linear, [out, in]. */
 bool actl__module_stores_in_out(const char *model_type, const char *module);
+/* Whether two model ids name the same model: equal, or the same last path
+ * component ("meta-llama/Llama-2-7b-hf" and "/models/Llama-2-7b-hf"). */
+bool actl__same_model(const char *a, const char *b);
 /* actl_adapter_validate with the base's orientation taken from model_type
  * (config.json's "model_type", or NULL) by the rule above. */
 int actl__adapter_validate_for(const actl_adapter *a, const actl_base *base,
                                const char *model_type);
 
 /* ==== end of the merge section ============================================ */
+
+/* ==== the decoder section (issue 6): model.c, adapt.c, decode.c, sample.c,
+ * tokenizer.c, bpe.c, gguf.c ================================================ */
+
+/* ---- model.c: a LLaMA-family model in memory (DESIGN.md 4.3, 10) ---------- */
+
+/* The seven projections of a layer, in this order. A module slot numbers a
+ * projection of the whole model: slot = layer * ACTL__NPROJ + proj; slot
+ * ACTL__SLOT_HEAD(m) = layers * ACTL__NPROJ is lm_head. */
+enum { ACTL__Q, ACTL__K, ACTL__V, ACTL__O, ACTL__GATE, ACTL__UP, ACTL__DOWN, ACTL__NPROJ };
+/* "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+ * "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj": the module is
+ * "model.layers.<l>.<this>". */
+extern const char *const actl__proj_names[ACTL__NPROJ];
+#define ACTL__SLOT_HEAD(m) ((m)->info.layers * ACTL__NPROJ)
+
+typedef struct actl__layer {
+    const float *attn_norm;            /* [dim], always F32 (widened at load) */
+    const float *ffn_norm;             /* [dim] */
+    const actl_tensor *w[ACTL__NPROJ]; /* [out, in] (PyTorch layout), F32/F16/BF16 as stored,
+                                          or F32 when info.widened */
+    const float *bias[ACTL__NPROJ];    /* q/k/v biases when attention_bias, else NULL */
+} actl__layer;
+
+struct actl_model {
+    actl_model_info info;       /* strings point into owned memory */
+    actl__layer *layers;        /* info.layers */
+    const actl_tensor *embed;   /* model.embed_tokens.weight [vocab, dim] */
+    const actl_tensor *head;    /* lm_head.weight [vocab, dim]; == embed when tied */
+    const float *final_norm;    /* model.norm.weight [dim] */
+    actl_base *base;            /* module names and shapes, for actl_adapter_validate */
+    const char *model_type;     /* config.json "model_type", or NULL (llama2.c: "llama") */
+    void *priv;                 /* model.c's own: the checkpoint, owned copies */
+};
+
+/* The module name of a slot ("model.layers.3.self_attn.q_proj", "lm_head")
+ * into buf. */
+const char *actl__slot_name(const actl_model *m, int64_t slot, char *buf, size_t cap);
+/* The weight of a slot (lm_head included). */
+const actl_tensor *actl__slot_weight(const actl_model *m, int64_t slot);
+/* y[rows, out] = x[rows, in] · Wᵀ for W [out, in] F32/F16/BF16 (F32 through
+ * cblas_sgemm directly; F16/BF16 widened block by block into a buffer of
+ * the caller's thread, then sgemm). accumulate: y += instead of y =.
+ * Thread-safe; OpenBLAS may use its own threads inside. ACTL_ENOMEM only. */
+int actl__linear(const actl_tensor *W, const float *x, int64_t rows, float *y, bool accumulate);
+/* Row `id` of the embedding table widened to F32 into dst[dim]. */
+void actl__embed_row(const actl_model *m, int32_t id, float *dst);
+
+/* ---- adapt.c: adapters in the decoder's form (DESIGN.md 3, 10) ------------ */
+
+/* One prepared adapter or stack: its members in order (the first innermost,
+ * each wrapping the module made by those before it), converted to fp32:
+ * LoRA B pre-scaled by s·w, DoRA's m/‖W+sBA‖ row factors computed from the
+ * model's weights, RoAd c/s vectors (actl__road_coeffs, stored as float),
+ * bottleneck D/U and scale·w, MoS materialized. Immutable once made;
+ * every function below is thread-safe on distinct rows (no shared scratch). */
+typedef struct actl__rt actl__rt;
+/* Validates in[0..n) against the model (actl__adapter_validate_for with the
+ * model's base and model_type; base model ids compared with
+ * actl__same_model) and converts them. Errors name the input (in[i].ref)
+ * and module. */
+int actl__rt_new(const actl_model *m, const actl_input *in, size_t n, actl__rt **out);
+void actl__rt_free(actl__rt *rt);
+/* Whether any member acts on the slot, and whether one changes the slot's
+ * input (a series-on-input bottleneck). */
+bool actl__rt_touches(const actl__rt *rt, int64_t slot);
+bool actl__rt_has_pre(const actl__rt *rt, int64_t slot);
+/* x0[rows, in]: what the base projection sees for module input x[rows, in]
+ * (the input bottlenecks applied, outermost member first). */
+int actl__rt_pre(const actl__rt *rt, int64_t slot, const float *x, int64_t rows, float *x0);
+/* y[rows, out] holds x0·Wᵀ + b (b the slot's bias, if any) on entry and the
+ * module's output under the adapter on return. x is the module's input, x0
+ * what actl__rt_pre made of it (== x when there is no pre). */
+int actl__rt_post(const actl__rt *rt, int64_t slot, const float *x, const float *x0,
+                  int64_t rows, float *y);
+/* Embedding LoRA: adds each id's row of s·(B A)ᵀ to x[rows, dim]. */
+void actl__rt_embed(const actl__rt *rt, const int32_t *ids, int64_t rows, float *x);
+
+/* ---- sample.c --------------------------------------------------------------- */
+
+/* The xorshift generator llama2.c samples with (state must not be 0). */
+uint32_t actl__rng_u32(uint64_t *state);
+float actl__rng_f32(uint64_t *state); /* [0, 1) */
+/* Samples from logits[n] as llama2.c does: temperature 0 = argmax (the first
+ * largest); else softmax(logits / T), then top-k (k > 0) and/or top-p
+ * (0 < p < 1, llama2.c's cutoff and order), one draw of actl__rng_f32.
+ * scratch: room for n floats and n (index, prob) pairs, from
+ * actl__sample_scratch_size(n). */
+size_t actl__sample_scratch_size(size_t n);
+int32_t actl__sample(const float *logits, size_t n, float temperature, int top_k, float top_p,
+                     uint64_t *rng, void *scratch);
+/* log-softmax of logits[n] at index i, computed stably in double. */
+float actl__logprob(const float *logits, size_t n, int32_t i);
+
+/* ---- tokenizer.c (the public API, SentencePiece-style BPE, added tokens)
+ * and bpe.c / gguf.c (byte-level BPE, vocabularies from GGUF) ---------------- */
+
+/* What a tokenizer model does with one fragment of text that holds no
+ * special/added token. */
+typedef struct actl__tok_ops {
+    /* Appends the ids of text[0..len) to *ids (grown with actl__grow, *n
+     * elements, *cap capacity). `first`: the fragment starts the text (a
+     * SentencePiece normalizer prepends "▁" only there). */
+    int (*encode)(const void *impl, const char *text, size_t len, bool first, int32_t **ids,
+                  size_t *n, size_t *cap);
+    void (*free)(void *impl);
+} actl__tok_ops;
+
+typedef struct actl__tok_added {
+    char *text;
+    size_t len;
+    int32_t id;
+    bool special;   /* matched only with ACTL_TOK_SPECIAL; otherwise (a plain added
+                       token) always matched */
+} actl__tok_added;
+
+struct actl_tokenizer {
+    const actl__tok_ops *ops;
+    void *impl;
+    bool sentencepiece;      /* decode drops the first piece's leading space */
+    char **pieces;           /* [n_vocab] bytes each id stands for (see actl_tokenizer_piece) */
+    size_t *piece_len;
+    size_t n_vocab;
+    actl__tok_added *added;  /* n_added, matched longest first */
+    size_t n_added;
+    int32_t bos, eos;
+};
+
+/* Byte-level BPE loaders (bpe.c, gguf.c). Each fills t->ops, t->impl,
+ * t->pieces/piece_len/n_vocab, the added tokens (special ones flagged) and
+ * bos/eos when the file names them; t is zeroed on entry and freed by the
+ * caller (actl_tokenizer_free) on failure too. pre: as actl_tokenizer_load. */
+int actl__bpe_from_json(const json_t *root, const char *path, const char *pre,
+                        actl_tokenizer *t);
+int actl__bpe_from_vocab(const char *vocab_path, const char *merges_path, const char *pre,
+                         actl_tokenizer *t);
+int actl__bpe_from_tiktoken(const char *path, const char *pre, actl_tokenizer *t);
+int actl__tok_from_gguf(const char *path, const char *pre, actl_tokenizer *t);
+/* Adds an added token (tokenizer.c); copies text. */
+int actl__tok_add(actl_tokenizer *t, const char *text, size_t len, int32_t id, bool special);
+/* tokenizer.c's SentencePiece-style BPE over a vocabulary with scores, for
+ * gguf.c's "llama" vocabularies: fills t as the loaders above. */
+int actl__spm_from_vocab(const char *const *tokens, const float *scores, size_t n,
+                         actl_tokenizer *t);
+
+/* ==== end of the decoder section ========================================== */
 
 #endif /* ACTL_INTERNAL_H */

@@ -214,32 +214,6 @@ static int add_op(job *j, const op *x)
     return ACTL_OK;
 }
 
-/* The last path component, without trailing slashes, as [*start, *start + *len). */
-static void last_component(const char *s, const char **start, size_t *len)
-{
-    size_t n = strlen(s);
-    while (n > 1 && s[n - 1] == '/')
-        n--;
-    size_t b = n;
-    while (b > 0 && s[b - 1] != '/')
-        b--;
-    *start = s + b;
-    *len = n - b;
-}
-
-/* An adapter trained on "meta-llama/Llama-2-7b-hf" fits a base whose config
- * says "/models/Llama-2-7b-hf": the same name, fetched to another place. */
-static bool same_model(const char *a, const char *b)
-{
-    if (!strcmp(a, b))
-        return true;
-    const char *sa, *sb;
-    size_t la, lb;
-    last_component(a, &sa, &la);
-    last_component(b, &sb, &lb);
-    return la > 0 && la == lb && !memcmp(sa, sb, la);
-}
-
 /* Every tensor of a that no module holds: modules_to_save copies and trained
  * base biases. *out gets a malloc'd array of n (NULL when n is 0). */
 static int passthrough(const actl_adapter *a, const actl_tensor ***out, size_t *n)
@@ -689,7 +663,7 @@ static int plan_input(merge *mg, const actl_input *in)
                          actl_kind_name(a->info.kind) ? actl_kind_name(a->info.kind) : "kind");
     }
     const char *want = a->info.base_model, *have = actl_base_model_id(mg->base);
-    if (want && have && !same_model(want, have) && !mg->o->force)
+    if (want && have && !actl__same_model(want, have) && !mg->o->force)
         return actl__err(ACTL_EINVAL,
                          "'%s' was trained on '%s', but the base '%s' is '%s' (--force merges "
                          "anyway)", input_name(in), want, mg->base_dir, have);
