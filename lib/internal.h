@@ -757,6 +757,11 @@ const actl_tensor *actl__slot_weight(const actl_model *m, int64_t slot);
 int actl__linear(const actl_tensor *W, const float *x, int64_t rows, float *y, bool accumulate);
 /* Row `id` of the embedding table widened to F32 into dst[dim]. */
 void actl__embed_row(const actl_model *m, int32_t id, float *dst);
+/* An actl_base listing the given modules (names copied) with their weight
+ * shapes [rows[i], cols[i]], for a model whose checkpoint is not an HF one
+ * (actl_model_base). model_id may be NULL. base.c */
+int actl__base_from_modules(const char *model_id, const char *const *names, const int64_t *rows,
+                            const int64_t *cols, size_t n, actl_base **out);
 
 /* ---- adapt.c: adapters in the decoder's form (DESIGN.md 3, 10) ------------ */
 
@@ -854,6 +859,18 @@ int actl__tok_add(actl_tokenizer *t, const char *text, size_t len, int32_t id, b
  * gguf.c's "llama" vocabularies: fills t as the loaders above. */
 int actl__spm_from_vocab(const char *const *tokens, const float *scores, size_t n,
                          actl_tokenizer *t);
+
+/* bpe.c, for gguf.c's "gpt2" vocabularies: tokens[i] (tok_len[i] bytes, in
+ * the byte-level alphabet) is id i; merges[j] ("a b", merge_len[j] bytes)
+ * has rank j; types[i] (or NULL) llama.cpp's token type: 3 (control) makes
+ * a special added token, 4 (user-defined) a plain one. pre: a pre-tokenizer
+ * name (the caller's, or tokenizer.ggml.pre: "gpt-2", "llama-bpe",
+ * "qwen2", "starcoder", "smollm"; NULL: gpt2). origin names the file. Fills
+ * t as the loaders above. */
+int actl__bpe_from_list(const char *const *tokens, const size_t *tok_len, size_t n,
+                        const char *const *merges, const size_t *merge_len, size_t n_merges,
+                        const int32_t *types, const char *pre, const char *origin,
+                        actl_tokenizer *t);
 
 /* ==== end of the decoder section ========================================== */
 
