@@ -23,6 +23,7 @@
     X(tag, "set or remove tags of a stored adapter")                                \
     X(export, "write a stored adapter out as a PEFT directory")                     \
     X(merge, "fold adapters into a base checkpoint, or take them back out")         \
+    X(generate, "run the CPU decoder on a prompt, with adapters or a stack of them") \
     X(compose, "build a new adapter from stored ones (cat, svd, ties, ..., stack)") \
     X(pull, "download an adapter from a URL, hf:// or a published store, verified") \
     X(publish, "write stored adapters as a static tree any HTTP server can serve")  \

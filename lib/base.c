@@ -257,3 +257,26 @@ out:
     free(dcopy);
     return rc;
 }
+
+int actl__base_from_modules(const char *model_id, const char *const *names, const int64_t *rows,
+                            const int64_t *cols, size_t n, actl_base **out)
+{
+    int rc = ACTL_OK;
+    actl_base *b = calloc(1, sizeof *b);
+    *out = NULL;
+    if (!b || (model_id && !(b->model_id = strdup(model_id)))) {
+        rc = actl__oom();
+        goto out;
+    }
+    for (size_t i = 0; i < n && !rc; i++)
+        rc = add_module(b, strdup(names[i]), rows[i], cols[i]);
+    if (rc)
+        goto out;
+    if (b->n)
+        qsort(b->mods, b->n, sizeof *b->mods, cmp_module);
+    *out = b;
+    b = NULL;
+out:
+    actl_base_free(b);
+    return rc;
+}

@@ -809,6 +809,12 @@ int32_t actl__sample(const float *logits, size_t n, float temperature, int top_k
 /* log-softmax of logits[n] at index i, computed stably in double. */
 float actl__logprob(const float *logits, size_t n, int32_t i);
 
+/* ---- decode.c ------------------------------------------------------------- */
+
+/* Jobs of fewer multiply-adds than this run on the calling thread instead
+ * of the batch's pool (tests set 0 to run every job on the pool). */
+extern int64_t actl__decode_parallel_min;
+
 /* ---- tokenizer.c (the public API, SentencePiece-style BPE, added tokens)
  * and bpe.c / gguf.c (byte-level BPE, vocabularies from GGUF) ---------------- */
 
