@@ -5,6 +5,7 @@
 #include "cmd.h"
 
 #include <ctype.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,20 +18,25 @@ static const char *const generate_usage[] = {
     "adapterctl generate --model PATH [--tokenizer PATH] [--adapter NAME[@V][:W]|DIR]...",
     "                    [--prompt TEXT | --prompt-ids LIST] [-n N] [--temperature T]",
     "                    [--top-k K] [--top-p P] [--seed S] [--stop TEXT]... [--no-bos]",
-    "                    [--widen] [--threads N] [--json]",
+    "                    [--no-special] [--widen] [--threads N] [--json]",
     "",
     "Generates N new tokens (default 256) after the prompt with the model PATH (a",
     "Hugging Face LLaMA-family directory or a llama2.c .bin checkpoint). The",
     "tokenizer is --tokenizer, else the one in the model's directory. Without a",
-    "prompt the sequence starts at BOS; --prompt-ids gives token ids directly",
-    "(comma-separated), for models without a tokenizer. Each --adapter is a",
+    "prompt the sequence starts at BOS. A --prompt is encoded as HF does: BOS",
+    "first when the tokenizer's files say so (not with --no-bos), special-token",
+    "text (<|im_start|>) as those tokens (not with --no-special). --prompt-ids",
+    "gives token ids directly (comma-separated), for models without a",
+    "tokenizer. Each --adapter is a",
     "stored adapter or a PEFT directory; several apply in order as a stack (the",
     "first innermost). --temperature 0 (the default) is greedy; --seed makes",
     "sampling repeatable. Generation ends after N tokens, at EOS (and, for a",
-    "llama2.c model, at BOS), or at a --stop text (cut off). The prompt and the",
-    "continuation are printed as they come; with --json: {\"model\", \"adapters\",",
-    "\"prompt_ids\", \"ids\", \"text\", \"logprobs\", \"finish\", \"seconds\",",
-    "\"tokens_per_second\"} (text null without a tokenizer).",
+    "llama2.c model, at BOS), or at a --stop text (the text is cut before it;",
+    "ids and logprobs keep the tokens up to the one that completed it). The",
+    "prompt and the continuation are printed as they come; with --json:",
+    "{\"model\", \"adapters\", \"prompt_ids\", \"ids\", \"text\", \"logprobs\",",
+    "\"finish\", \"seconds\", \"tokens_per_second\"} (text null without a",
+    "tokenizer; bytes that are not UTF-8 become U+FFFD in it).",
     NULL,
 };
 
@@ -166,6 +172,42 @@ static void text_flush(struct out_text *t, int all)
     }
 }
 
+/* s[0, n) as valid UTF-8: every byte that does not begin a well-formed
+ * sequence (a lone continuation byte, a cut or overlong sequence, a
+ * surrogate) becomes U+FFFD, as HF's decode does. malloc'd, NUL-terminated. */
+static char *utf8_clean(const char *s, size_t n)
+{
+    char *o = malloc(3 * n + 1), *w = o;
+    if (!o)
+        return NULL;
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        size_t len = c < 0x80 ? 1 : c >= 0xC2 && c < 0xE0 ? 2 : c >= 0xE0 && c < 0xF0 ? 3
+                   : c >= 0xF0 && c < 0xF5 ? 4 : 0;
+        bool ok = len > 0 && i + len <= n;
+        for (size_t k = 1; ok && k < len; k++)
+            ok = (p[i + k] & 0xC0) == 0x80;
+        if (ok && len == 3) /* overlong or a surrogate */
+            ok = !(c == 0xE0 && p[i + 1] < 0xA0) && !(c == 0xED && p[i + 1] >= 0xA0);
+        if (ok && len == 4) /* overlong or beyond U+10FFFF */
+            ok = !(c == 0xF0 && p[i + 1] < 0x90) && !(c == 0xF4 && p[i + 1] >= 0x90);
+        if (c == 0) /* JSON text cannot hold NUL through json_string */
+            ok = false, len = 1;
+        if (ok) {
+            memcpy(w, p + i, len);
+            w += len;
+            i += len;
+        } else {
+            memcpy(w, "\xEF\xBF\xBD", 3);
+            w += 3;
+            i++;
+        }
+    }
+    *w = 0;
+    return o;
+}
+
 /* A piece as the llama2.c reference prints it: a lone byte that is neither
  * printable nor white space (a control byte a byte-fallback token stands
  * for) is left out. */
@@ -179,7 +221,8 @@ static int piece_printable(const char *p, size_t n)
 
 /* Appends token id's piece after prev (-1: none). The first piece after BOS
  * of a SentencePiece vocabulary loses its leading space, as the space
- * stands for the word boundary the normalizer added. */
+ * stands for the word boundary the normalizer added (byte-level
+ * vocabularies keep theirs: it was in the text). */
 static int append_piece(struct out_text *t, const actl_tokenizer *tok, int32_t prev,
                         int32_t bos, int32_t id)
 {
@@ -187,7 +230,7 @@ static int append_piece(struct out_text *t, const actl_tokenizer *tok, int32_t p
     const char *p = actl_tokenizer_piece(tok, id, &n);
     if (!p)
         return 0;
-    if (prev >= 0 && prev == bos && n && p[0] == ' ') {
+    if (prev >= 0 && prev == bos && n && p[0] == ' ' && actl_tokenizer_sentencepiece(tok)) {
         p++;
         n--;
     }
@@ -202,7 +245,7 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
     const char *n_arg = NULL, *temp_arg = NULL, *topk_arg = NULL, *topp_arg = NULL;
     const char *seed_arg = NULL, *threads_arg = NULL;
     struct cmd_list adapters = {0}, stops = {0};
-    int no_bos = 0, widen = 0;
+    int no_bos = 0, no_special = 0, widen = 0;
     const struct cmd_option opts[] = {
         CMD_OPT_STRING(0, "model", &model_path, "PATH",
                        "an HF LLaMA-family directory or a llama2.c .bin checkpoint"),
@@ -219,6 +262,8 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
         CMD_OPT_STRING(0, "seed", &seed_arg, "S", "the sampler's seed (default: the time)"),
         CMD_OPT_LIST(0, "stop", &stops, "TEXT", "end when the continuation contains TEXT"),
         CMD_OPT_FLAG(0, "no-bos", &no_bos, "do not put BOS before a --prompt"),
+        CMD_OPT_FLAG(0, "no-special", &no_special,
+                     "read special-token text in a --prompt as plain text"),
         CMD_OPT_FLAG(0, "widen", &widen, "widen every weight to F32 at load"),
         CMD_OPT_STRING(0, "threads", &threads_arg, "N", "worker threads (default: every CPU)"),
         CMD_OPT_STORE(ctx),
@@ -263,8 +308,9 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
         cmd_usage_error(generate_usage, "--temperature '%s' is not a number >= 0", temp_arg);
         goto out;
     }
-    if (topk_arg && cmd_parse_int(topk_arg, 0, &top_k) != 0) {
-        cmd_usage_error(generate_usage, "--top-k '%s' is not a number >= 0", topk_arg);
+    if (topk_arg && (cmd_parse_int(topk_arg, 0, &top_k) != 0 || top_k > INT32_MAX)) {
+        cmd_usage_error(generate_usage, "--top-k '%s' is not a number from 0 to %d", topk_arg,
+                        INT32_MAX);
         goto out;
     }
     if (topp_arg && (parse_float(topp_arg, 0, 1, &top_p) != 0 || top_p == 0)) {
@@ -313,8 +359,10 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
             goto out;
         }
         if (prompt && *prompt) {
-            if ((lrc = actl_tokenizer_encode(tok, prompt, strlen(prompt),
-                                             no_bos ? 0 : ACTL_TOK_BOS, &ids, &n_ids))) {
+            int flags = (!no_bos && actl_tokenizer_adds_bos(tok) ? ACTL_TOK_BOS : 0) |
+                        (no_special ? 0 : ACTL_TOK_SPECIAL);
+            if ((lrc = actl_tokenizer_encode(tok, prompt, strlen(prompt), flags, &ids,
+                                             &n_ids))) {
                 rc = cmd_lib_error(lrc);
                 goto out;
             }
@@ -338,7 +386,7 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
                   (long long)mi.max_seq);
         goto out;
     }
-    if ((int64_t)n_ids + n_new > mi.max_seq) {
+    if (n_new > mi.max_seq - (int64_t)n_ids) {
         int64_t room = mi.max_seq - (int64_t)n_ids;
         if (!ctx->quiet)
             fprintf(stderr, "adapterctl: note: %lld new tokens do not fit in %lld positions "
@@ -482,11 +530,13 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
             json_array_append_new(oids, json_integer(out_ids[i]));
             json_array_append_new(lps, json_real(lp[i]));
         }
-        json_t *txt = tok ? json_stringn(text.buf ? text.buf + prompt_text : "",
-                                         text.len - prompt_text)
-                          : json_null();
-        if (!txt) /* not UTF-8: keep what can be kept rather than fail */
-            txt = json_null();
+        json_t *txt = json_null();
+        if (tok) {
+            char *u = utf8_clean(text.buf ? text.buf + prompt_text : "", text.len - prompt_text);
+            json_decref(txt);
+            txt = u ? json_string(u) : NULL;
+            free(u);
+        }
         doc = json_pack("{s:s, s:o, s:o, s:o, s:o, s:o, s:s, s:f, s:f}", "model", model_path,
                         "adapters", ads ? ads : json_null(), "prompt_ids", pids, "ids", oids,
                         "text", txt, "logprobs", lps,

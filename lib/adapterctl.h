@@ -839,6 +839,16 @@ size_t actl_tokenizer_vocab_size(const actl_tokenizer *t);
 int32_t actl_tokenizer_bos(const actl_tokenizer *t);
 int32_t actl_tokenizer_eos(const actl_tokenizer *t);
 
+/* Whether the tokenizer's own files put BOS before a text (HF's
+ * post_processor or tokenizer_config.json add_bos_token, GGUF's
+ * tokenizer.ggml.add_bos_token; otherwise yes for SentencePiece-style and
+ * tiktoken vocabularies, no for GPT-2-style ones), as HF's encode with
+ * special tokens does. */
+int actl_tokenizer_adds_bos(const actl_tokenizer *t);
+/* Whether it is a SentencePiece-style tokenizer, whose pieces mark a word
+ * start with a space (so the first piece of a text has one to drop). */
+int actl_tokenizer_sentencepiece(const actl_tokenizer *t);
+
 #define ACTL_TOK_BOS 0x1     /* prepend BOS (when the tokenizer has one) */
 #define ACTL_TOK_SPECIAL 0x2 /* text spelling a special or added token becomes that token */
 

@@ -838,6 +838,9 @@ static void json_config_bos_eos(actl_tokenizer *t, const char *path)
     json_t *root = NULL;
     if (cfg && actl__exists(cfg) && actl__read_file(cfg, BPE_MAX_FILE, &text, &len) == ACTL_OK &&
         actl__json_parse(text, len, cfg, &root) == ACTL_OK) {
+        const json_t *add = json_object_get(root, "add_bos_token");
+        if (json_is_boolean(add))
+            t->add_bos = json_is_true(add);
         const char *keys[2] = {"bos_token", "eos_token"};
         int32_t *dst[2] = {&t->bos, &t->eos};
         for (int i = 0; i < 2; i++) {
@@ -947,6 +950,18 @@ int actl__bpe_from_json(const json_t *root, const char *path, const char *pre, a
     }
     json_config_bos_eos(t, path);
     guess_bos_eos(t);
+    /* HF puts BOS first when the post_processor's template names it */
+    if (t->add_bos < 0 && t->bos >= 0) {
+        const json_t *pp = json_object_get(root, "post_processor");
+        char *dump = json_is_object(pp) ? json_dumps(pp, JSON_COMPACT) : NULL;
+        char *want = actl__strdup_printf("\"SpecialToken\":{\"id\":\"%s\"", t->pieces[t->bos]);
+        if (json_is_object(pp) && (!dump || !want))
+            rc = actl__oom();
+        else
+            t->add_bos = dump && strstr(dump, want) != NULL;
+        free(dump);
+        free(want);
+    }
 out:
     bpe_free(b);
     return rc;
@@ -1191,6 +1206,7 @@ int actl__bpe_from_tiktoken(const char *path, const char *pre, actl_tokenizer *t
         }
         t->bos = LLAMA3_BASE;
         t->eos = LLAMA3_BASE + 1;
+        t->add_bos = 1; /* Meta's encode starts every text with <|begin_of_text|> */
     }
 out:
     bpe_free(b);

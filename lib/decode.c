@@ -209,6 +209,7 @@ struct actl_batch {
 
     /* step buffers, grown to rows_cap rows */
     int64_t rows_cap;
+    int64_t lrows_cap;       /* logits rows: usually one per sequence, not one per row */
     float *x;                /* [rows, dim] the residual stream */
     float *xn;               /* [rows, dim] normed */
     float *x0;               /* [rows, max(dim, qdim, hidden)] input after adapter pres */
@@ -313,6 +314,7 @@ static void free_step_buffers(actl_batch *b)
     free(b->row_seq);
     free(b->lrow);
     free(b->logits);
+    b->lrows_cap = 0;
     b->x = b->xn = b->x0 = b->q = b->k = b->v = b->att = b->tmp = NULL;
     b->gate = b->up = b->cos = b->sin = b->logits = NULL;
     b->row_tok = NULL;
@@ -656,14 +658,31 @@ static int grow_rows(actl_batch *b, int64_t rows)
     b->row_pos = malloc(r * sizeof *b->row_pos);
     b->row_seq = malloc(r * sizeof *b->row_seq);
     b->lrow = malloc(r * sizeof *b->lrow);
-    b->logits = malloc(r * (size_t)b->vocab * f);
     if (!b->x || !b->xn || !b->x0 || !b->q || !b->k || !b->v || !b->att || !b->tmp ||
         !b->gate || !b->up || !b->cos || !b->sin || !b->row_tok || !b->row_pos ||
-        !b->row_seq || !b->lrow || !b->logits) {
+        !b->row_seq || !b->lrow) {
         free_step_buffers(b);
         return actl__oom();
     }
     b->rows_cap = n;
+    return ACTL_OK;
+}
+
+/* Room for the logits of rows rows: sized apart from the step's rows, as a
+ * long prompt needs one row of logits, not one per token (a 128k
+ * vocabulary makes each row half a megabyte). */
+static int grow_logits(actl_batch *b, int64_t rows)
+{
+    if (rows <= b->lrows_cap)
+        return ACTL_OK;
+    int64_t n = b->lrows_cap ? b->lrows_cap : 8;
+    while (n < rows)
+        n *= 2;
+    free(b->logits);
+    b->lrows_cap = 0;
+    if (!(b->logits = malloc((size_t)n * (size_t)b->vocab * sizeof *b->logits)))
+        return actl__oom();
+    b->lrows_cap = n;
     return ACTL_OK;
 }
 
@@ -1046,7 +1065,7 @@ int actl_batch_step(actl_batch *b, int *running)
         s->nlrows = s->n_score ? (int64_t)s->n_score + 1 : 1;
         L += s->nlrows;
     }
-    if ((rc = grow_rows(b, R)))
+    if ((rc = grow_rows(b, R)) || (rc = grow_logits(b, L)))
         goto done;
     for (int i = 0; i < n; i++) {
         int si = b->order[i];

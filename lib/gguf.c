@@ -40,11 +40,12 @@ typedef struct ggv {
     size_t off;
 } ggv;
 
-enum { K_MODEL, K_PRE, K_TOKENS, K_SCORES, K_TYPES, K_MERGES, K_BOS, K_EOS, K_N };
+enum { K_MODEL, K_PRE, K_TOKENS, K_SCORES, K_TYPES, K_MERGES, K_BOS, K_EOS, K_ADD_BOS, K_N };
 static const char *const KEYS[K_N] = {
     "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens",
     "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
     "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.add_bos_token",
 };
 
 static size_t type_size(uint32_t t)
@@ -382,6 +383,15 @@ int actl__tok_from_gguf(const char *path, const char *pre, actl_tokenizer *t)
             goto out;
         }
         *dst[j] = (int32_t)id;
+    }
+    if (keys[K_ADD_BOS].off) {
+        g.off = keys[K_ADD_BOS].off;
+        if (keys[K_ADD_BOS].type != GT_BOOL || (rc = need(&g, 1))) {
+            rc = rc ? rc : actl__err(ACTL_EFORMAT, "'%s': %s is not a bool", path,
+                                     KEYS[K_ADD_BOS]);
+            goto out;
+        }
+        t->add_bos = g.p[g.off] != 0;
     }
 out:
     if (ztok)

@@ -841,6 +841,9 @@ struct actl_tokenizer {
     const actl__tok_ops *ops;
     void *impl;
     bool sentencepiece;      /* decode drops the first piece's leading space */
+    int add_bos;             /* 1 / 0: the file says whether encoding a text starts with
+                                BOS (post_processor, add_bos_token); -1: it does not say
+                                (then: SentencePiece-style yes, byte-level no) */
     char **pieces;           /* [n_vocab] bytes each id stands for (see actl_tokenizer_piece) */
     size_t *piece_len;
     size_t n_vocab;

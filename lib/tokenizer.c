@@ -1082,6 +1082,7 @@ int actl_tokenizer_load(const char *path, const char *pre, actl_tokenizer **out)
         goto out;
     }
     t->bos = t->eos = -1;
+    t->add_bos = -1;
     if (actl__is_dir(path)) {
         static const char *const names[] = {"tokenizer.json", "tokenizer.model", "vocab.json",
                                             "encoder.json", "tokenizer.bin"};
@@ -1121,6 +1122,10 @@ int actl_tokenizer_load(const char *path, const char *pre, actl_tokenizer **out)
                            t->n_vocab);
             goto out;
         }
+    if (t->add_bos < 0)
+        t->add_bos = t->sentencepiece && t->bos >= 0;
+    if (t->bos < 0)
+        t->add_bos = 0;
     /* longest first, so that the first match at a position is the longest */
     if (t->n_added > 1)
         qsort(t->added, t->n_added, sizeof *t->added, added_cmp);
@@ -1135,6 +1140,16 @@ out:
 size_t actl_tokenizer_vocab_size(const actl_tokenizer *t)
 {
     return t ? t->n_vocab : 0;
+}
+
+int actl_tokenizer_adds_bos(const actl_tokenizer *t)
+{
+    return t ? t->add_bos > 0 : 0;
+}
+
+int actl_tokenizer_sentencepiece(const actl_tokenizer *t)
+{
+    return t ? t->sentencepiece : 0;
 }
 
 int32_t actl_tokenizer_bos(const actl_tokenizer *t)

@@ -779,6 +779,39 @@ static void test_shared__long_text_is_not_quadratic(void **state)
     free(text);
 }
 
+/* Whether a text starts with BOS is the tokenizer files' word, as in HF:
+ * SentencePiece and tiktoken vocabularies say yes, GPT-2-style ones no
+ * (their post_processor names no BOS), and one without BOS cannot. */
+static void test_shared__adds_bos_follows_the_files(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *path;
+        int adds, spm;
+    } cases[] = {
+        {"../shared/data/llama2c/tok512.bin", 1, 1},
+        {"../shared/data/tokenizers/llama2-spm/tokenizer.json", 1, 1},
+        {"../shared/data/llamacpp-vocab/ggml-vocab-llama-spm.gguf", 1, 1},
+        {"../shared/data/tokenizers/llama3/tokenizer.model", 1, 0},
+        {"../shared/data/tokenizers/gpt2/tokenizer.json", 0, 0},
+        {"../shared/data/tokenizers/gpt2/vocab.json", 0, 0},
+        {"../shared/data/tokenizers/gpt2/ggml-vocab-gpt-2.gguf", 0, 0},
+        {"../shared/data/tokenizers/qwen2", 0, 0},
+        {"../shared/data/tokenizers/smollm2/tokenizer.json", 0, 0},
+    };
+    REQUIRE_SHARED(cases[0].path);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        actl_tokenizer *t = NULL;
+        assert_ok(actl_tokenizer_load(cases[i].path, NULL, &t));
+        if (actl_tokenizer_adds_bos(t) != cases[i].adds ||
+            actl_tokenizer_sentencepiece(t) != cases[i].spm)
+            fail_msg("%s: adds_bos %d (want %d), sentencepiece %d (want %d)", cases[i].path,
+                     actl_tokenizer_adds_bos(t), cases[i].adds,
+                     actl_tokenizer_sentencepiece(t), cases[i].spm);
+        actl_tokenizer_free(t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -813,6 +846,7 @@ int main(void)
         cmocka_unit_test(test_shared__sentencepiece_protobuf_is_refused),
         cmocka_unit_test(test_shared__llama_pieces),
         cmocka_unit_test(test_shared__long_text_is_not_quadratic),
+        cmocka_unit_test(test_shared__adds_bos_follows_the_files),
     };
     return cmocka_run_group_tests_name("tokenizer", tests, NULL, NULL);
 }

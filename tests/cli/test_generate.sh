@@ -96,6 +96,23 @@ if [ -f "$L2C/stories260K.bin" ] && [ -f "$L2C/tok512.bin" ]; then
     check_rc "generate --prompt-ids without a tokenizer succeeds" 0
     check "--prompt-ids continues as the text run did (ids printed without a tokenizer)" \
         "$(echo "$ids" | cut -d' ' -f11-20)" "$out"
+    # bytes that are not UTF-8 (a lone byte-fallback token) become U+FFFD in --json's text
+    run generate --model "$L2C/stories260K.bin" --tokenizer "$L2C/tok512.bin" -n 200 \
+        --temperature 3 --seed 3 --json
+    check_rc "a hot sampled run with --json succeeds" 0
+    check "--json text is a string even when a token is a lone byte" str \
+        "$("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(type(d["text"]).__name__)' "$TMP/out")"
+    check_has "the lone byte came out as U+FFFD" $'\xef\xbf\xbd' "$out"
+    # a text prompt: BOS first (a SentencePiece vocabulary says so), echoed back
+    run generate --model "$L2C/stories260K.bin" --tokenizer "$L2C/tok512.bin" \
+        --prompt "Once upon a time" -n 5 --json
+    check "a text prompt is encoded with BOS first" 1 "$(py field "$TMP/out" prompt_ids.0)"
+    run generate --model "$L2C/stories260K.bin" --tokenizer "$L2C/tok512.bin" \
+        --prompt "Once upon a time" -n 5 --no-bos --json
+    check_lacks "--no-bos leaves BOS out" "[1," "$(py field "$TMP/out" prompt_ids)"
+    run generate --model "$L2C/stories260K.bin" --tokenizer "$L2C/tok512.bin" \
+        --prompt "Once upon a time" -n 5 -q
+    check_has "the prompt is printed before its continuation" "Once upon a time" "$out"
     # acceptance 6: a prompt longer than the context (stories260K: 512 positions)
     long=$(python3 -c 'print(",".join(["1"] + ["300"] * 600))')
     run generate --model "$L2C/stories260K.bin" --prompt-ids "$long" -n 1
@@ -202,7 +219,14 @@ check_rc "an adapter whose shapes are another base's fails" 1
 check_has "the message names the module that does not fit" "q_proj" "$err"
 check_lacks "no sanitizer report for the other base's adapter" "Sanitizer" "$err"
 
+# -n far beyond the context: as many as fit, no overflow
+run generate --model "$BASE" --prompt-ids 1 -n 9223372036854775807 -q
+check_rc "-n beyond the context generates what fits" 0
+check "-n beyond the context: the context (128) less the prompt" 127 "$(echo "$out" | wc -w)"
+
 # usage errors
+run generate --model "$BASE" --prompt-ids 1 -n 2 --top-k 2147483648
+check_rc "--top-k beyond an int is a usage error" 2
 run generate --prompt-ids 1 -n 2
 check_rc "generate without --model is a usage error" 2
 run generate --model "$BASE" --prompt-ids 1,x -n 2
