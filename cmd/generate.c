@@ -18,7 +18,7 @@ static const char *const generate_usage[] = {
     "adapterctl generate --model PATH [--tokenizer PATH] [--adapter NAME[@V][:W]|DIR]...",
     "                    [--prompt TEXT | --prompt-ids LIST] [-n N] [--temperature T]",
     "                    [--top-k K] [--top-p P] [--seed S] [--stop TEXT]... [--no-bos]",
-    "                    [--no-special] [--widen] [--threads N] [--json]",
+    "                    [--no-special] [--widen] [--force] [--threads N] [--json]",
     "",
     "Generates N new tokens (default 256) after the prompt with the model PATH (a",
     "Hugging Face LLaMA-family directory or a llama2.c .bin checkpoint). The",
@@ -27,9 +27,11 @@ static const char *const generate_usage[] = {
     "first when the tokenizer's files say so (not with --no-bos), special-token",
     "text (<|im_start|>) as those tokens (not with --no-special). --prompt-ids",
     "gives token ids directly (comma-separated), for models without a",
-    "tokenizer. Each --adapter is a",
-    "stored adapter or a PEFT directory; several apply in order as a stack (the",
-    "first innermost). --temperature 0 (the default) is greedy; --seed makes",
+    "tokenizer. Each --adapter is a stored adapter or a PEFT directory;",
+    "several apply in order as a stack (the first innermost). An adapter that",
+    "names another base model than the model's is refused unless --force (its",
+    "shapes are checked all the same). --temperature 0 (the default) is greedy;",
+    "--seed makes",
     "sampling repeatable. Generation ends after N tokens, at EOS (and, for a",
     "llama2.c model, at BOS), or at a --stop text (the text is cut before it;",
     "ids and logprobs keep the tokens up to the one that completed it). The",
@@ -245,7 +247,7 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
     const char *n_arg = NULL, *temp_arg = NULL, *topk_arg = NULL, *topp_arg = NULL;
     const char *seed_arg = NULL, *threads_arg = NULL;
     struct cmd_list adapters = {0}, stops = {0};
-    int no_bos = 0, no_special = 0, widen = 0;
+    int no_bos = 0, no_special = 0, widen = 0, force = 0;
     const struct cmd_option opts[] = {
         CMD_OPT_STRING(0, "model", &model_path, "PATH",
                        "an HF LLaMA-family directory or a llama2.c .bin checkpoint"),
@@ -265,6 +267,8 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
         CMD_OPT_FLAG(0, "no-special", &no_special,
                      "read special-token text in a --prompt as plain text"),
         CMD_OPT_FLAG(0, "widen", &widen, "widen every weight to F32 at load"),
+        CMD_OPT_FLAG(0, "force", &force,
+                     "run adapters that name another base model (shapes still checked)"),
         CMD_OPT_STRING(0, "threads", &threads_arg, "N", "worker threads (default: every CPU)"),
         CMD_OPT_STORE(ctx),
         CMD_OPT_GLOBALS(ctx),
@@ -401,6 +405,7 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
     bo.max_seqs = 1;
     bo.max_ctx = (int64_t)n_ids + n_new;
     bo.threads = (int)threads;
+    bo.force = force;
     if ((lrc = actl_batch_new(model, &bo, &batch)) != ACTL_OK) {
         rc = cmd_lib_error(lrc);
         goto out;

@@ -2,10 +2,17 @@
  *
  * actl__rt_new turns an ordered list of adapters (a stack: the first member
  * innermost) into, per module slot of the model, the list of operations its
- * members apply, everything converted to contiguous fp32 once so that the
- * decoder's hot loop reads no adapter tensor and widens nothing:
- *  - LoRA / MoS (materialized): A [r, in] and (s w B)ᵀ [r, out]; the module
- *    gains  y += (s w B)(A x)  (+ s w lora_B.bias, as merge.c adds it).
+ * members apply, everything in contiguous arrays made once so that the
+ * decoder's hot loop reads no adapter tensor:
+ *  - LoRA / MoS (materialized): A [r, in] and (s w B)ᵀ [r, out] in fp32; the
+ *    module gains  y += (s w B)(A x)  (+ s w lora_B.bias, as merge.c adds it).
+ *    When A and B are both stored F16 or BF16 they stay so, A and Bᵀ exactly
+ *    as stored, and s w scales the small t = A x instead: a batch over many
+ *    adapters spends its adapter time reading their factors, and half the
+ *    bytes, laid out in the order the few-row kernels read them (which widen
+ *    as they load), cut that time by about a third (measured at dim 768,
+ *    r 8, 32 adapters). The sgemm path widens the two factors per call.
+ *    DoRA keeps fp32 factors (its row factors are computed from them).
  *  - DoRA: the same two factors and the row factor of merge.c's formula
  *        F = (1 - w) + w m / ||W + w s B A||_row
  *    so that  y = F ⊙ (W x + w s B A x) + b + s w bias; only as the first
@@ -29,6 +36,7 @@
 #include "internal.h"
 
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +59,10 @@ typedef struct rt_op {
     int64_t n_in, n_out; /* a [r, n_in], bt [r, n_out] */
     float *a;            /* LoRA A [r, in]; bottleneck D [b, n] */
     float *bt;           /* LoRA (s w B)ᵀ [r, out]; bottleneck (s w U)ᵀ [b, m] */
+    actl_dtype half;     /* ACTL_F32, or LoRA factors kept F16/BF16 in a16, bt16 (a, bt NULL) */
+    uint16_t *a16;       /* A [r, in] as stored */
+    uint16_t *bt16;      /* Bᵀ [r, out] as stored, unscaled */
+    float k;             /* s w, applied to t = A x when the factors are 16-bit */
     float *f;            /* DoRA F [out] */
     float *add;          /* [out] added to each row after the op (LoRA bias terms), or NULL */
     float *c, *s;        /* RoAd [out], or [out/2] (one per pair) when paired */
@@ -87,6 +99,8 @@ static void op_release(rt_op *o)
 {
     free(o->a);
     free(o->bt);
+    free(o->a16);
+    free(o->bt16);
     free(o->f);
     free(o->add);
     free(o->c);
@@ -251,6 +265,120 @@ out:
     return rc;
 }
 
+/* ---- 16-bit factors ----
+ * A 16-bit factor value widened (exactly): bf16 is the top half of a float;
+ * f16's exponent and mantissa, moved into a float's fields, give the value
+ * times 2^-112 (subnormals included), which one exact product restores. The
+ * build refused Inf and NaN, so their encodings need no case here. */
+static inline float bf16w(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline float f16w(uint16_t h)
+{
+    uint32_t u = (uint32_t)(h & 0x7fffu) << 13;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    f *= 0x1p112f;
+    return h & 0x8000u ? -f : f;
+}
+
+/* 16-bit factors are stored in panels laid out in the order the few-row
+ * kernels read them, so that each kernel call streams through one run of
+ * memory (a mixed batch reads every adapter's factors once per step, cold,
+ * and the prefetcher then keeps up). A panel of h rows of width n (n16 the
+ * part in whole blocks of 16):
+ *    block b, row q:  16 values at (b h + q) 16, v[16b + k] at 2k and
+ *                     v[16b + 8 + k] at 2k + 1 (k < 8), so that a 32-bit
+ *                     lane holds one of each of the block's two halves;
+ *    then the rest:   row q's n - n16 values at n16 h + q (n - n16).
+ * Bᵀ [r, out] is one panel of r rows; A [r, in] is panels of 4 rows (the
+ * dot kernel's step), then of 1 for the r % 4 left, panel j at j in. */
+static int64_t panel_at(int64_t h, int64_t n, int64_t q, int64_t i)
+{
+    int64_t n16 = n - n % 16;
+    if (i >= n16)
+        return n16 * h + q * (n - n16) + (i - n16);
+    return (i / 16 * h + q) * 16 + 2 * (i % 8) + (i % 16 >= 8);
+}
+
+/* The panels of m [rows, n] (plain, row-major) into dst; rows in panels of
+ * `step` rows then of 1. */
+static void pack_panels(const uint16_t *m, int64_t rows, int64_t n, int64_t step,
+                        uint16_t *dst)
+{
+    for (int64_t j = 0; j < rows;) {
+        int64_t h = j + step <= rows ? step : 1;
+        for (int64_t q = 0; q < h; q++)
+            for (int64_t i = 0; i < n; i++)
+                dst[j * n + panel_at(h, n, q, i)] = m[(j + q) * n + i];
+        j += h;
+    }
+}
+
+/* The inverse of pack_panels, widened to fp32 [rows, n]. */
+static void unpack_panels(const uint16_t *src, actl_dtype dt, int64_t rows, int64_t n,
+                          int64_t step, float *m)
+{
+    for (int64_t j = 0; j < rows;) {
+        int64_t h = j + step <= rows ? step : 1;
+        for (int64_t q = 0; q < h; q++)
+            for (int64_t i = 0; i < n; i++) {
+                uint16_t v = src[j * n + panel_at(h, n, q, i)];
+                m[(j + q) * n + i] = dt == ACTL_BF16 ? bf16w(v) : f16w(v);
+            }
+        j += h;
+    }
+}
+
+/* A and Bᵀ of a LoRA whose factors are both F16 or BF16, kept as stored
+ * (exact), with k = s w for t. Refuses what the fp32 form would: a value
+ * that is not finite, or a delta s w B beyond the float range. */
+static int keep_half(const actl_input *in, const actl__module *mod, double k, rt_op *o)
+{
+    int rc = ACTL_OK;
+    const actl_tensor *ta = mod->lora_a, *tb = mod->lora_b;
+    int64_t r = tb->shape[1], out = tb->shape[0];
+    float *fa = NULL, *fb = NULL;
+    uint16_t *plain = NULL; /* A, then Bᵀ, row-major */
+    size_t na = (size_t)(ta->numel > 0 ? ta->numel : 1);
+    size_t nb = (size_t)(tb->numel > 0 ? tb->numel : 1);
+    if ((rc = widen(ta, &fa)) || (rc = widen(tb, &fb)))
+        goto done;
+    if (!(o->a16 = malloc(na * sizeof *o->a16)) || !(o->bt16 = malloc(nb * sizeof *o->bt16)) ||
+        !(plain = malloc((na > nb ? na : nb) * sizeof *plain))) {
+        rc = actl__oom();
+        goto done;
+    }
+    if (ta->numel)
+        memcpy(plain, ta->data, (size_t)ta->numel * sizeof *plain);
+    pack_panels(plain, r, ta->shape[1], 4, o->a16);
+    const unsigned char *b = tb->data; /* a view may be unaligned: copy element by element */
+    for (int64_t p = 0; p < out; p++)
+        for (int64_t j = 0; j < r; j++)
+            memcpy(&plain[j * out + p], b + 2 * (size_t)(p * r + j), sizeof *plain);
+    pack_panels(plain, r, out, r, o->bt16);
+    o->half = ta->dtype;
+    o->k = fabs(k) <= FLT_MAX ? (float)k : 0;
+    double bmax = 0;
+    for (int64_t i = 0; i < tb->numel; i++)
+        bmax = fmax(bmax, fabs(fb[i]));
+    if (!all_finite(fa, ta->numel) || !all_finite(fb, tb->numel) || !(fabs(k) <= FLT_MAX) ||
+        !(bmax * fabs(k) <= FLT_MAX))
+        rc = actl__err(ACTL_EINVAL, "'%s': module '%s': at weight %g its tensors are not all "
+                       "finite in float (an Inf or NaN, or a value beyond the float range)",
+                       in->ref, mod->info.name, in->weight);
+done:
+    free(fa);
+    free(fb);
+    free(plain);
+    return rc;
+}
+
 /* One LoRA (or materialized MoS) module on a slot. */
 static int build_lora(const actl_model *m, const actl_input *in, const actl__module *mod,
                       int64_t slot, rt_slot *sl, rt_op *o)
@@ -272,8 +400,14 @@ static int build_lora(const actl_model *m, const actl_input *in, const actl__mod
                        "%d member(s) before it change)", in->ref, mi->name, sl->n);
         goto out;
     }
-    if ((rc = widen(mod->lora_a, &o->a)) || (rc = transposed_scaled(mod->lora_b, k, &o->bt)))
+    if (o->kind == OP_LORA && mod->lora_a->dtype == mod->lora_b->dtype &&
+        (mod->lora_a->dtype == ACTL_F16 || mod->lora_a->dtype == ACTL_BF16)) {
+        if ((rc = keep_half(in, mod, k, o)))
+            goto out;
+    } else if ((rc = widen(mod->lora_a, &o->a)) ||
+               (rc = transposed_scaled(mod->lora_b, k, &o->bt))) {
         goto out;
+    }
     if (o->kind == OP_DORA && (rc = dora_factors(m, slot, mod, in->weight, o)))
         goto out;
     if (o->kind == OP_DORA && slot != ACTL__SLOT_HEAD(m))
@@ -432,6 +566,7 @@ static int build_module(actl__rt *rt, const actl_model *m, const actl_input *in,
     bool lora = a->info.kind == ACTL_KIND_LORA;
     rt_op o;
     memset(&o, 0, sizeof o);
+    o.half = ACTL_F32;
     if (slot == -1 && lora && (mi->flags & ACTL_MOD_EMBEDDING) && !(mi->flags & ACTL_MOD_DORA)) {
         rc = build_embed(rt, in, mod);
         goto out;
@@ -481,7 +616,7 @@ out:
 }
 
 /* One input: checks, then its modules. */
-static int build_input(actl__rt *rt, const actl_model *m, const actl_input *in)
+static int build_input(actl__rt *rt, const actl_model *m, const actl_input *in, bool force)
 {
     int rc = ACTL_OK;
     actl_adapter *mat = NULL;
@@ -498,9 +633,9 @@ static int build_input(actl__rt *rt, const actl_model *m, const actl_input *in)
         goto out;
     }
     const char *want = a->info.base_model, *have = m->info.model_id;
-    if (want && have && !actl__same_model(want, have)) {
-        rc = actl__err(ACTL_EINVAL, "'%s' was trained on '%s', but the model is '%s'", ref,
-                       want, have);
+    if (want && have && !actl__same_model(want, have) && !force) {
+        rc = actl__err(ACTL_EINVAL, "'%s' was trained on '%s', but the model is '%s' "
+                       "(--force runs it anyway)", ref, want, have);
         goto out;
     }
     if ((rc = actl__adapter_validate_for(a, actl_model_base(m), m->model_type))) {
@@ -525,7 +660,8 @@ out:
     return rc;
 }
 
-int actl__rt_new(const actl_model *m, const actl_input *in, size_t n, actl__rt **out)
+int actl__rt_new(const actl_model *m, const actl_input *in, size_t n, bool force,
+                 actl__rt **out)
 {
     int rc = ACTL_OK;
     actl__rt *rt = NULL;
@@ -546,7 +682,7 @@ int actl__rt_new(const actl_model *m, const actl_input *in, size_t n, actl__rt *
         goto out;
     }
     for (size_t i = 0; i < n && !rc; i++)
-        rc = build_input(rt, m, &in[i]);
+        rc = build_input(rt, m, &in[i], force);
     if (rc)
         goto out;
     /* Which input each member sees: the input bottlenecks outside it (after it
@@ -689,6 +825,114 @@ static void small_axpys(float *restrict y, const float *restrict t, const float 
 }
 #endif
 
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* 8 lanes of two 16-bit values each; LO / HI widen the low / high ones. */
+typedef unsigned int w8 __attribute__((vector_size(32), aligned(2), may_alias));
+#define LDW(p) (*(const w8 *)(const void *)(p))
+#define BF16_LO(u) ((v8)((u) << 16))
+#define BF16_HI(u) ((v8)((u) & 0xffff0000u))
+#define F16_8(h) ((v8)((w8)((v8)(((h) & 0x7fffu) << 13) * 0x1p112f) | (((h) & 0x8000u) << 16)))
+#define F16_LO(u) F16_8(u)
+#define F16_HI(u) F16_8((u) >> 16)
+
+/* small_dots on A in panels (see pack_panels). */
+#define HALF_DOTS(name, LO, HI, W)                                                            \
+    CLONES static void name(const float *restrict x, const uint16_t *restrict a, int64_t r,  \
+                            int64_t n, float *restrict t)                                    \
+    {                                                                                         \
+        int64_t n16 = n - n % 16, w = n - n16, j = 0;                                         \
+        for (; j + 4 <= r; j += 4) {                                                          \
+            const uint16_t *pa = a + j * n;                                                   \
+            v8 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};                                        \
+            for (int64_t i = 0; i < n16; i += 16, pa += 64) {                                 \
+                v8 xl = LD8(x + i), xh = LD8(x + i + 8);                                      \
+                w8 u0 = LDW(pa), u1 = LDW(pa + 16), u2 = LDW(pa + 32), u3 = LDW(pa + 48);     \
+                c0 += xl * LO(u0) + xh * HI(u0);                                              \
+                c1 += xl * LO(u1) + xh * HI(u1);                                              \
+                c2 += xl * LO(u2) + xh * HI(u2);                                              \
+                c3 += xl * LO(u3) + xh * HI(u3);                                              \
+            }                                                                                 \
+            float s0 = HSUM8(c0), s1 = HSUM8(c1), s2 = HSUM8(c2), s3 = HSUM8(c3);             \
+            for (int64_t i = 0; i < w; i++) {                                                 \
+                float xi = x[n16 + i];                                                        \
+                s0 += xi * W(pa[i]);                                                          \
+                s1 += xi * W(pa[w + i]);                                                      \
+                s2 += xi * W(pa[2 * w + i]);                                                  \
+                s3 += xi * W(pa[3 * w + i]);                                                  \
+            }                                                                                 \
+            t[j] = s0;                                                                        \
+            t[j + 1] = s1;                                                                    \
+            t[j + 2] = s2;                                                                    \
+            t[j + 3] = s3;                                                                    \
+        }                                                                                     \
+        for (; j < r; j++) {                                                                  \
+            const uint16_t *pa = a + j * n;                                                   \
+            v8 c = {0};                                                                       \
+            for (int64_t i = 0; i < n16; i += 16, pa += 16) {                                 \
+                w8 u = LDW(pa);                                                               \
+                c += LD8(x + i) * LO(u) + LD8(x + i + 8) * HI(u);                             \
+            }                                                                                 \
+            float sum = HSUM8(c);                                                             \
+            for (int64_t i = 0; i < w; i++)                                                   \
+                sum += x[n16 + i] * W(pa[i]);                                                 \
+            t[j] = sum;                                                                       \
+        }                                                                                     \
+    }
+
+/* small_axpys on Bᵀ as one panel. */
+#define HALF_AXPYS(name, LO, HI, W)                                                           \
+    CLONES static void name(float *restrict y, const float *restrict t,                       \
+                            const uint16_t *restrict bt, int64_t r, int64_t n)                \
+    {                                                                                         \
+        int64_t n16 = n - n % 16, w = n - n16;                                                \
+        const uint16_t *pb = bt;                                                              \
+        for (int64_t p = 0; p < n16; p += 16) {                                               \
+            v8 y0 = LD8(y + p), y1 = LD8(y + p + 8);                                          \
+            for (int64_t j = 0; j < r; j++, pb += 16) {                                       \
+                w8 u = LDW(pb);                                                               \
+                v8 tj = {t[j], t[j], t[j], t[j], t[j], t[j], t[j], t[j]};                     \
+                y0 += tj * LO(u);                                                             \
+                y1 += tj * HI(u);                                                             \
+            }                                                                                 \
+            ST8(y + p, y0);                                                                   \
+            ST8(y + p + 8, y1);                                                               \
+        }                                                                                     \
+        for (int64_t p = 0; p < w; p++) {                                                     \
+            float acc = y[n16 + p];                                                           \
+            for (int64_t j = 0; j < r; j++)                                                   \
+                acc += t[j] * W(pb[j * w + p]);                                               \
+            y[n16 + p] = acc;                                                                 \
+        }                                                                                     \
+    }
+#else
+#define HALF_DOTS(name, LO, HI, W)                                                            \
+    static void name(const float *restrict x, const uint16_t *restrict a, int64_t r,          \
+                     int64_t n, float *restrict t)                                            \
+    {                                                                                         \
+        for (int64_t j = 0; j < r; j++) {                                                     \
+            int64_t g = j - j % 4, h = g + 4 <= r ? 4 : 1, q = h == 4 ? j - g : 0;            \
+            const uint16_t *pa = a + (h == 4 ? g : j) * n;                                    \
+            float sum = 0;                                                                    \
+            for (int64_t i = 0; i < n; i++)                                                   \
+                sum += x[i] * W(pa[panel_at(h, n, q, i)]);                                    \
+            t[j] = sum;                                                                       \
+        }                                                                                     \
+    }
+#define HALF_AXPYS(name, LO, HI, W)                                                           \
+    static void name(float *restrict y, const float *restrict t,                              \
+                     const uint16_t *restrict bt, int64_t r, int64_t n)                       \
+    {                                                                                         \
+        for (int64_t j = 0; j < r; j++)                                                       \
+            for (int64_t p = 0; p < n; p++)                                                   \
+                y[p] += t[j] * W(bt[panel_at(r, n, j, p)]);                                   \
+    }
+#endif
+
+HALF_DOTS(small_dots_bf16, BF16_LO, BF16_HI, bf16w)
+HALF_DOTS(small_dots_f16, F16_LO, F16_HI, f16w)
+HALF_AXPYS(small_axpys_bf16, BF16_LO, BF16_HI, bf16w)
+HALF_AXPYS(small_axpys_f16, F16_LO, F16_HI, f16w)
+
 static inline void axpy(float *restrict y, float k, const float *restrict b, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
@@ -718,6 +962,45 @@ static void activate(actl_activation act, float *t, int64_t n)
     }
 }
 
+/* lowrank for a LoRA with 16-bit factors, t [rows, r] its scratch:
+ * y += (k (x · Aᵀ)) · Bᵀ. */
+static int lowrank_half(const rt_op *o, const float *x, int64_t rows, float *y, float *t)
+{
+    int64_t r = o->r, ni = o->n_in, no = o->n_out;
+    bool bf = o->half == ACTL_BF16;
+    if (rows <= SMALL_ROWS) {
+        for (int64_t i = 0; i < rows; i++) {
+            float *ti = t + i * r;
+            if (bf)
+                small_dots_bf16(x + i * ni, o->a16, r, ni, ti);
+            else
+                small_dots_f16(x + i * ni, o->a16, r, ni, ti);
+            for (int64_t j = 0; j < r; j++)
+                ti[j] *= o->k;
+            if (bf)
+                small_axpys_bf16(y + i * no, ti, o->bt16, r, no);
+            else
+                small_axpys_f16(y + i * no, ti, o->bt16, r, no);
+        }
+        return ACTL_OK;
+    }
+    /* enough rows that sgemm pays: widen both factors for this call */
+    float *a = malloc((size_t)(r * (ni + no)) * sizeof *a);
+    if (!a)
+        return actl__oom();
+    float *bt = a + r * ni;
+    unpack_panels(o->a16, o->half, r, ni, 4, a);
+    unpack_panels(o->bt16, o->half, r, no, r, bt);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)r, (int)ni, 1.0f, x,
+                (int)ni, a, (int)ni, 0.0f, t, (int)r);
+    for (int64_t i = 0; i < rows * r; i++)
+        t[i] *= o->k;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)no, (int)r, 1.0f, t,
+                (int)r, bt, (int)no, 1.0f, y, (int)no);
+    free(a);
+    return ACTL_OK;
+}
+
 /* y[rows, n_out] += σ(x[rows, n_in] · aᵀ) · bt, σ the identity for LoRA.
  * x may be y (the series-on-output bottleneck reads the output it adds to):
  * a row's t is complete before that row of y changes. */
@@ -725,10 +1008,13 @@ static int lowrank(const rt_op *o, const float *x, int64_t rows, float *y, bool 
 {
     float stackbuf[STACK_FLOATS];
     int64_t r = o->r, ni = o->n_in, no = o->n_out;
+    int rc = ACTL_OK;
     float *t = stackbuf;
     if (rows * r > STACK_FLOATS && !(t = malloc((size_t)(rows * r) * sizeof *t)))
         return actl__oom();
-    if (rows <= SMALL_ROWS) {
+    if (o->half != ACTL_F32) {
+        rc = lowrank_half(o, x, rows, y, t);
+    } else if (rows <= SMALL_ROWS) {
         for (int64_t i = 0; i < rows; i++) {
             float *ti = t + i * r;
             small_dots(x + i * ni, o->a, r, ni, ti);
@@ -747,7 +1033,7 @@ static int lowrank(const rt_op *o, const float *x, int64_t rows, float *y, bool 
     }
     if (t != stackbuf)
         free(t);
-    return ACTL_OK;
+    return rc;
 }
 
 /* RoAd on y [rows, out], DESIGN.md 3.2: pairs (p, p + g/2) in each group. */

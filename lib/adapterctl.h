@@ -877,6 +877,8 @@ typedef struct actl_batch_opts {
     int max_seqs;    /* sequences alive at once (default 32) */
     int64_t max_ctx; /* positions per sequence (prompt + new tokens); 0: the model's max_seq */
     int threads;     /* 0: every online CPU */
+    int force;       /* accept adapters that name another base model than the model's
+                        id (their shapes are checked all the same) */
 } actl_batch_opts;
 actl_batch_opts actl_batch_default_opts(void);
 
@@ -891,7 +893,7 @@ void actl_batch_free(actl_batch *b);
  * Validated against the model: ACTL_ENOTFOUND / ACTL_ESHAPE naming the
  * adapter and module that does not fit; ACTL_EINVAL when an adapter names a
  * base model (base_model_name_or_path) other than the model's id, both being
- * known; ACTL_EUNSUPPORTED for a module the decoder does not run. */
+ * known (unless the batch's opts said force); ACTL_EUNSUPPORTED for a module the decoder does not run. */
 int actl_batch_adapter(actl_batch *b, const actl_input *in, size_t n, int *handle);
 
 typedef struct actl_request {

@@ -209,6 +209,7 @@ struct actl_batch {
 
     /* step buffers, grown to rows_cap rows */
     int64_t rows_cap;
+    bool force;              /* opts.force: adapters for another base model id */
     int64_t lrows_cap;       /* logits rows: usually one per sequence, not one per row */
     float *x;                /* [rows, dim] the residual stream */
     float *xn;               /* [rows, dim] normed */
@@ -394,6 +395,7 @@ int actl_batch_new(const actl_model *m, const actl_batch_opts *o, actl_batch **o
     b->vocab = in->vocab;
     b->layers = in->layers;
     b->max_seqs = o->max_seqs;
+    b->force = o->force != 0;
     b->max_ctx = ctx;
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     b->threads = o->threads > 0 ? o->threads : (online > 0 ? (int)online : 1);
@@ -438,7 +440,7 @@ int actl_batch_adapter(actl_batch *b, const actl_input *in, size_t n, int *handl
         rc = actl__err(ACTL_ELIMIT, "too many adapters in one batch");
         goto done;
     }
-    rc = actl__rt_new(b->m, in, n, &rt);
+    rc = actl__rt_new(b->m, in, n, b->force, &rt);
     if (rc)
         goto done;
     actl__rt **p = actl__grow(b->rts, b->n_rts, &b->rts_cap, sizeof *b->rts, 8);

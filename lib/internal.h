@@ -774,9 +774,10 @@ int actl__base_from_modules(const char *model_id, const char *const *names, cons
 typedef struct actl__rt actl__rt;
 /* Validates in[0..n) against the model (actl__adapter_validate_for with the
  * model's base and model_type; base model ids compared with
- * actl__same_model) and converts them. Errors name the input (in[i].ref)
- * and module. */
-int actl__rt_new(const actl_model *m, const actl_input *in, size_t n, actl__rt **out);
+ * actl__same_model, unless force) and converts them. Errors name the input
+ * (in[i].ref) and module. */
+int actl__rt_new(const actl_model *m, const actl_input *in, size_t n, bool force,
+                 actl__rt **out);
 void actl__rt_free(actl__rt *rt);
 /* Whether any member acts on the slot, and whether one changes the slot's
  * input (a series-on-input bottleneck). */

@@ -13,11 +13,15 @@
 # and ends with the same demo entries; their packs are shared with the
 # previous run's (identical adds share one pack), so the store does not grow.
 #
-# Last, compose and merge: two LoRA adapters concatenated (exact) and
+# Then compose and merge: two LoRA adapters concatenated (exact) and
 # truncated by SVD (with its error), a stack of a RoAd adapter over the
 # concatenation, and that stack merged into a base checkpoint (the real
 # hf-tiny-random-llama-2 from ../shared/data when it is there, else the
 # tiny fixture base with the fixtures made for it) and taken out again.
+#
+# Last, generate: llama2.c's stories260K and its tokenizer (when
+# ../shared/data is there), then the stack applied per request on the base
+# against the checkpoint it was merged into: the same greedy tokens.
 #
 #   bash tests/demo.sh [path/to/adapterctl]      (from the repository root)
 set -euo pipefail
@@ -250,3 +254,19 @@ worst = max(abs(a - b) / (max(abs(x) for x in base[k]) or 1)
 print("  %d of %d tensors changed by the merge; after --unmerge the largest difference from the"
       " base is %.2g of its tensor's largest value" % (len(changed), len(base), worst))
 EOF2
+
+say "generate: the CPU decoder, each request with its own adapter"
+L2C=../shared/data/llama2c
+if [ -f "$L2C/stories260K.bin" ]; then
+    # a real trained model (llama2.c format) and its tokenizer: llama2.c's own greedy output
+    show_run generate --model "$L2C/stories260K.bin" --tokenizer "$L2C/tok512.bin" -n 60 -q
+else
+    echo "($L2C is absent: no trained model to generate text with)"
+fi
+# The stack unmerged, and the checkpoint it was merged into: the same tokens
+show_run generate "${FORCE[@]}" --model "$BASE" --prompt-ids 1,42,99 -n 8 -q \
+    $(printf -- '--adapter %s ' "${INPUTS[@]}")
+show_run generate --model "$TMP/merged" --prompt-ids 1,42,99 -n 8 -q
+show_run generate --model "$BASE" --prompt-ids 1,42,99 -n 8 -q
+echo "  (the first two agree: the adapters applied per request equal the merged model; the"
+echo "   third is the base without them)"

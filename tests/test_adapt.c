@@ -10,7 +10,7 @@
  * (the config parser's result, tested in test_peft.c); RoAd coefficients,
  * MoS gathering, DoRA norms and activations are computed here.
  * Tolerance: |got - ref| <= 2e-5 (1 + max |ref| of the row), fp32 sums of a
- * few dozen products. Both the per-row loop path (<= 4 rows) and the sgemm
+ * few dozen products. Both the per-row loop path (3 rows) and the sgemm
  * path (9 rows) run. */
 #include "testutil.h"
 
@@ -471,7 +471,7 @@ static void check_members(const member *mem, int n)
     for (int j = 0; j < n; j++)
         in[j] = (actl_input){.adapter = mem[j].a, .weight = mem[j].w, .ref = "test"};
     actl__rt *rt = NULL;
-    assert_ok(actl__rt_new(model, in, (size_t)n, &rt));
+    assert_ok(actl__rt_new(model, in, (size_t)n, false, &rt));
     double e1 = check_rt(rt, mem, n, 3);
     double e2 = check_rt(rt, mem, n, 9);
     bool any_w = false;
@@ -524,6 +524,138 @@ static void test_adapt__lora_half_precision_tensors(void **state)
     (void)state;
     check_one("lora-bf16", 1.0);
     check_one("lora-f16", 1.0);
+}
+
+/* ---- 16-bit LoRA factors on odd widths --------------------------------------------- */
+
+/* A random tensor stored as dt, the values v(i) widened from a float. Some
+ * are tiny (F16 subnormals) and one is -0, so the widening is exercised on
+ * every kind of value it meets. */
+static actl_tensor *typed_tensor(const char *name, actl_dtype dt, int ndim, const int64_t *shape,
+                                double scale)
+{
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= shape[i];
+    float *f = malloc((size_t)n * sizeof *f);
+    uint16_t *h = malloc((size_t)n * sizeof *h);
+    for (int64_t i = 0; i < n; i++)
+        f[i] = (float)(2 * scale * lcg());
+    if (dt != ACTL_F32) {
+        for (int64_t i = 0; i < n; i += 7)
+            f[i] = (float)(3e-6 * (i % 2 ? -1 : 1) * (1 + (double)(i % 5)));
+        f[n / 2] = -0.0f;
+    }
+    if (dt == ACTL_BF16)
+        actl_f32_to_bf16(f, h, (size_t)n);
+    else if (dt == ACTL_F16)
+        actl_f32_to_f16(f, h, (size_t)n);
+    actl_tensor *t = NULL;
+    assert_ok(actl_tensor_new(name, dt, ndim, shape, dt == ACTL_F32 ? (void *)f : (void *)h, &t));
+    free(f);
+    free(h);
+    return t;
+}
+
+/* An F32 LLaMA base in dir whose widths are not multiples of the kernels'
+ * 8 and 16 lanes: hidden 40 (4 heads of 10, 2 kv heads: k/v 20 wide),
+ * intermediate 52. */
+#define ODD_DIM 40
+#define ODD_KV 20
+#define ODD_HIDDEN 52
+static const int64_t odd_shape[7][2] = {{ODD_DIM, ODD_DIM}, {ODD_KV, ODD_DIM},
+                                        {ODD_KV, ODD_DIM},  {ODD_DIM, ODD_DIM},
+                                        {ODD_HIDDEN, ODD_DIM}, {ODD_HIDDEN, ODD_DIM},
+                                        {ODD_DIM, ODD_HIDDEN}};
+
+static void make_odd_base(const char *dir)
+{
+    actl_tensor *ts[3 + LAYERS * 9];
+    size_t k = 0;
+    int64_t emb[2] = {64, ODD_DIM}, norm[1] = {ODD_DIM};
+    ts[k++] = typed_tensor("model.embed_tokens.weight", ACTL_F32, 2, emb, 0.5);
+    ts[k++] = typed_tensor("lm_head.weight", ACTL_F32, 2, emb, 0.5);
+    ts[k++] = typed_tensor("model.norm.weight", ACTL_F32, 1, norm, 1);
+    for (int l = 0; l < LAYERS; l++) {
+        char name[128];
+        for (int p = 0; p < 7; p++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, projs[p]);
+            ts[k++] = typed_tensor(name, ACTL_F32, 2, odd_shape[p], 0.3);
+        }
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        ts[k++] = typed_tensor(name, ACTL_F32, 1, norm, 1);
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        ts[k++] = typed_tensor(name, ACTL_F32, 1, norm, 1);
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    assert_ok(actl_st_write(path, (const actl_tensor *const *)ts, k, NULL));
+    for (size_t i = 0; i < k; i++)
+        actl_tensor_free(ts[i]);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fprintf(f, "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", "
+               "\"hidden_size\": %d, \"intermediate_size\": %d, \"num_hidden_layers\": %d, "
+               "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 10, "
+               "\"max_position_embeddings\": 64, \"rms_norm_eps\": 1e-05, "
+               "\"rope_theta\": 10000.0, \"vocab_size\": 64, \"tie_word_embeddings\": false}\n",
+            ODD_DIM, ODD_HIDDEN, LAYERS);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* A LoRA of rank 5 (not a multiple of the kernels' 4 rows) on all seven
+ * projections of the odd base, its factors stored as dt. */
+static actl_adapter *odd_lora(actl_dtype dt)
+{
+    actl_tensor *ts[LAYERS * 7 * 2];
+    size_t k = 0;
+    for (int l = 0; l < LAYERS; l++)
+        for (int p = 0; p < 7; p++) {
+            char name[160];
+            int64_t sa[2] = {5, odd_shape[p][1]}, sb[2] = {odd_shape[p][0], 5};
+            snprintf(name, sizeof name, PREFIX "model.layers.%d.%s.lora_A.weight", l, projs[p]);
+            ts[k++] = typed_tensor(name, dt, 2, sa, 0.5);
+            snprintf(name, sizeof name, PREFIX "model.layers.%d.%s.lora_B.weight", l, projs[p]);
+            ts[k++] = typed_tensor(name, dt, 2, sb, 0.5);
+        }
+    actl_adapter *a = NULL;
+    assert_ok(actl_adapter_new("{\"peft_type\": \"LORA\", \"r\": 5, \"lora_alpha\": 7, "
+                               "\"target_modules\": [\"q_proj\", \"k_proj\", \"v_proj\", "
+                               "\"o_proj\", \"gate_proj\", \"up_proj\", \"down_proj\"]}",
+                               (const actl_tensor *const *)ts, k, "odd", &a));
+    for (size_t i = 0; i < k; i++)
+        actl_tensor_free(ts[i]);
+    return a;
+}
+
+/* BF16 and F16 factors stay 16-bit in the decoder and are widened inside the
+ * kernels: every vector tail (widths 20, 40, 52; rank 5), both paths (3 and 9
+ * rows), F16 subnormals and -0, against the fp64 reference. */
+static void test_adapt__half_lora_factors_on_odd_widths(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir();
+    make_odd_base(dir);
+    actl_model *keep_model = model;
+    actl_st *keep_st = base_st;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    assert_ok(actl_model_load(dir, 0, &model));
+    assert_ok(actl_st_open(path, &base_st));
+    actl_dtype dts[3] = {ACTL_BF16, ACTL_F16, ACTL_F32};
+    for (int d = 0; d < 3; d++) {
+        actl_adapter *a = odd_lora(dts[d]);
+        member m = {a, 0.8};
+        check_members(&m, 1);
+        actl_adapter_free(a);
+    }
+    actl_model_free(model);
+    actl_st_close(base_st);
+    model = keep_model;
+    base_st = keep_st;
+    test_rmtree(dir);
+    free(dir);
 }
 
 static void test_adapt__dora_scales_rows_by_magnitude_over_norm(void **state)
@@ -649,7 +781,7 @@ static void test_adapt__embedding_lora_adds_rows_of_ba_transposed(void **state)
     check_members(&m, 1); /* lm_head */
     actl_input in = {.adapter = a, .weight = 0.75, .ref = "embed-head"};
     actl__rt *rt = NULL;
-    assert_ok(actl__rt_new(model, &in, 1, &rt));
+    assert_ok(actl__rt_new(model, &in, 1, false, &rt));
     const actl_tensor *A = actl_adapter_find(a, PREFIX "model.embed_tokens.lora_embedding_A");
     const actl_tensor *B = actl_adapter_find(a, PREFIX "model.embed_tokens.lora_embedding_B");
     actl_module_info mi;
@@ -816,7 +948,7 @@ static void test_adapt__empty_and_zero_weight_are_the_base(void **state)
 {
     (void)state;
     actl__rt *rt = NULL;
-    assert_ok(actl__rt_new(model, NULL, 0, &rt));
+    assert_ok(actl__rt_new(model, NULL, 0, false, &rt));
     for (int64_t s = 0; s < NSLOTS; s++) {
         assert_false(actl__rt_touches(rt, s));
         assert_false(actl__rt_has_pre(rt, s));
@@ -852,7 +984,7 @@ static void test_adapt__posts_run_concurrently(void **state)
     actl_adapter *l = load("lora-patterns"), *r = load("road-2");
     actl_input in[2] = {{.adapter = l, .weight = 1, .ref = "l"}, {.adapter = r, .weight = 1, .ref = "r"}};
     actl__rt *rt = NULL;
-    assert_ok(actl__rt_new(model, in, 2, &rt));
+    assert_ok(actl__rt_new(model, in, 2, false, &rt));
     int64_t slot = 1 * 7 + 2; /* layer 1 v_proj [16, 32]: both touch it */
     enum { T = 4, ROWS = 9 };
     float x[T][ROWS * 32], y[T][ROWS * 16], want[T][ROWS * 16];
@@ -893,7 +1025,7 @@ static int rt_new1(const actl_adapter *a, double w, const char *ref)
 {
     actl_input in = {.adapter = a, .weight = w, .ref = ref};
     actl__rt *rt = (actl__rt *)&in; /* must be reset to NULL on failure */
-    int rc = actl__rt_new(model, &in, 1, &rt);
+    int rc = actl__rt_new(model, &in, 1, false, &rt);
     if (rc)
         assert_null(rt);
     actl__rt_free(rt);
@@ -948,13 +1080,13 @@ static void test_adapt__refuses_dora_that_is_not_first(void **state)
     actl_input in[2] = {{.adapter = l, .weight = 1, .ref = "plain@1"},
                         {.adapter = d, .weight = 1, .ref = "dora@2"}};
     actl__rt *rt = NULL;
-    assert_err(actl__rt_new(model, in, 2, &rt), ACTL_EUNSUPPORTED, "'dora@2'");
-    assert_err(actl__rt_new(model, in, 2, &rt), ACTL_EUNSUPPORTED, "DoRA runs only as the first");
+    assert_err(actl__rt_new(model, in, 2, false, &rt), ACTL_EUNSUPPORTED, "'dora@2'");
+    assert_err(actl__rt_new(model, in, 2, false, &rt), ACTL_EUNSUPPORTED, "DoRA runs only as the first");
     assert_null(rt);
     /* first on its modules it is fine, whatever comes before on other modules */
     actl_adapter *r4 = load("road-4");
     in[0].adapter = r4;
-    assert_ok(actl__rt_new(model, in, 2, &rt));
+    assert_ok(actl__rt_new(model, in, 2, false, &rt));
     actl__rt_free(rt);
     actl_adapter_free(r4);
     actl_adapter_free(l);
@@ -990,9 +1122,13 @@ static void test_adapt__refuses_weight_that_is_not_finite(void **state)
     assert_err(rt_new1(a, NAN, "l@1"), ACTL_EINVAL, "'l@1': weight");
     assert_err(rt_new1(a, 1e39, "l@1"), ACTL_EINVAL, "not all finite");
     actl_adapter_free(a);
+    /* 16-bit factors keep B unscaled and s w apart: refused all the same */
+    a = load("lora-bf16");
+    assert_err(rt_new1(a, 1e39, "h@1"), ACTL_EINVAL, "not all finite");
+    actl_adapter_free(a);
     actl_input in = {.adapter = NULL, .weight = 1, .ref = "ghost"};
     actl__rt *rt = NULL;
-    assert_err(actl__rt_new(model, &in, 1, &rt), ACTL_EINVAL, "'ghost'");
+    assert_err(actl__rt_new(model, &in, 1, false, &rt), ACTL_EINVAL, "'ghost'");
 }
 
 int main(void)
@@ -1003,6 +1139,7 @@ int main(void)
         cmocka_unit_test(test_adapt__lora_patterns_on_all_seven_projections),
         cmocka_unit_test(test_adapt__lora_bias_is_added_scaled),
         cmocka_unit_test(test_adapt__lora_half_precision_tensors),
+        cmocka_unit_test(test_adapt__half_lora_factors_on_odd_widths),
         cmocka_unit_test(test_adapt__dora_scales_rows_by_magnitude_over_norm),
         cmocka_unit_test(test_adapt__road_variants_rotate_output_pairs),
         cmocka_unit_test(test_adapt__bottleneck_series_input_and_output),

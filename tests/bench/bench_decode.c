@@ -11,7 +11,9 @@
  *    projections of every layer), the step time over batch 32 with no
  *    adapter in the same run (goal <= 1.03);
  *  - the same with 32 distinct LoRA adapters, rank 8 on all seven
- *    projections (goal <= 1.15).
+ *    projections (goal <= 1.15), stored in F32, and again stored in BF16 (as
+ *    PEFT saves an adapter trained in bf16 without autocast; the decoder
+ *    keeps its factors 16-bit, so a step reads half the adapter bytes).
  * Prints figures; asserts nothing. */
 #include "internal.h"
 
@@ -49,26 +51,37 @@ static float uniform_pm(float scale) /* uniform in (-scale, scale) */
     return (float)((2 * u - 1) * scale);
 }
 
-static int add_tensor(actl_tensor ***list, size_t *n, const char *name, int ndim,
-                      const int64_t *shape, float scale, float fill)
+/* A random tensor, stored as dt (F32 or BF16). */
+static int add_tensor_as(actl_tensor ***list, size_t *n, const char *name, int ndim,
+                         const int64_t *shape, float scale, float fill, actl_dtype dt)
 {
     int64_t numel = 1;
     for (int i = 0; i < ndim; i++)
         numel *= shape[i];
     float *v = malloc(sizeof *v * (size_t)numel);
+    uint16_t *h = dt == ACTL_BF16 ? malloc(sizeof *h * (size_t)numel) : NULL;
     actl_tensor **l = realloc(*list, sizeof *l * (*n + 1));
     int rc = ACTL_ENOMEM;
-    if (!v || !l)
+    if (!v || !l || (dt == ACTL_BF16 && !h))
         goto out;
     *list = l;
     for (int64_t i = 0; i < numel; i++)
         v[i] = scale > 0 ? uniform_pm(scale) : fill;
-    rc = actl_tensor_new(name, ACTL_F32, ndim, shape, v, &l[*n]);
+    if (h)
+        actl_f32_to_bf16(v, h, (size_t)numel);
+    rc = actl_tensor_new(name, dt, ndim, shape, h ? (const void *)h : (const void *)v, &l[*n]);
     if (!rc)
         (*n)++;
 out:
     free(v);
+    free(h);
     return rc;
+}
+
+static int add_tensor(actl_tensor ***list, size_t *n, const char *name, int ndim,
+                      const int64_t *shape, float scale, float fill)
+{
+    return add_tensor_as(list, n, name, ndim, shape, scale, fill, ACTL_F32);
 }
 
 static const int64_t proj_shape[ACTL__NPROJ][2] = {
@@ -124,9 +137,9 @@ static int make_model(const char *dir)
     return fclose(f) ? ACTL_EIO : 0;
 }
 
-/* A RoAd road_1 (group 64) or a LoRA r8 on all seven projections of every
- * layer, random, in memory. */
-static actl_adapter *make_adapter(int road)
+/* A RoAd road_1 (group 64) or a LoRA r8 (stored as lora_dt) on all seven
+ * projections of every layer, random, in memory. */
+static actl_adapter *make_adapter(int road, actl_dtype lora_dt)
 {
     actl_tensor **t = NULL;
     size_t n = 0;
@@ -147,10 +160,11 @@ static actl_adapter *make_adapter(int road)
                 int64_t sa[2] = {8, in}, sb[2] = {out, 8};
                 snprintf(name, sizeof name, ACTL_PEFT_PREFIX "model.layers.%d.%s.lora_A.weight",
                          l, m);
-                rc |= add_tensor(&t, &n, name, 2, sa, 1.0f / sqrtf((float)in), 0);
+                rc |= add_tensor_as(&t, &n, name, 2, sa, 1.0f / sqrtf((float)in), 0,
+                                    lora_dt);
                 snprintf(name, sizeof name, ACTL_PEFT_PREFIX "model.layers.%d.%s.lora_B.weight",
                          l, m);
-                rc |= add_tensor(&t, &n, name, 2, sb, 0.02f, 0);
+                rc |= add_tensor_as(&t, &n, name, 2, sb, 0.02f, 0, lora_dt);
             }
         }
     const char *cfg = road ? "{\"peft_type\": \"ROAD\", \"variant\": \"road_1\", "
@@ -221,8 +235,8 @@ int main(void)
     mkdir(dir, 0755);
     actl_model *m = NULL;
     actl_batch *b = NULL;
-    actl_adapter *ad[2 * NADAPT] = {0};
-    int road_h[NADAPT], lora_h[NADAPT];
+    actl_adapter *ad[3 * NADAPT] = {0};
+    int road_h[NADAPT], lora_h[NADAPT], bf16_h[NADAPT];
     int rc = 1;
     if (make_model(dir) || actl_model_load(dir, 0, &m)) {
         fprintf(stderr, "bench_decode: cannot make or load the model: %s\n", actl_errmsg());
@@ -234,34 +248,42 @@ int main(void)
     if (actl_batch_new(m, &o, &b))
         goto fail;
     for (int i = 0; i < NADAPT; i++) {
-        if (!(ad[i] = make_adapter(1)) || !(ad[NADAPT + i] = make_adapter(0)))
+        if (!(ad[i] = make_adapter(1, ACTL_F32)) ||
+            !(ad[NADAPT + i] = make_adapter(0, ACTL_F32)) ||
+            !(ad[2 * NADAPT + i] = make_adapter(0, ACTL_BF16)))
             goto fail;
         actl_input in = {ad[i], 1.0, "road", NULL};
         actl_input il = {ad[NADAPT + i], 1.0, "lora", NULL};
+        actl_input ib = {ad[2 * NADAPT + i], 1.0, "lora-bf16", NULL};
         if (actl_batch_adapter(b, &in, 1, &road_h[i]) ||
-            actl_batch_adapter(b, &il, 1, &lora_h[i]))
+            actl_batch_adapter(b, &il, 1, &lora_h[i]) ||
+            actl_batch_adapter(b, &ib, 1, &bf16_h[i]))
             goto fail;
     }
-    /* Each round runs the five cases, the three batch-32 ones in a rotating
+    /* Each round runs the six cases, the four batch-32 ones in a rotating
      * order; a mixed batch's ratio is taken within its round (the machine's
      * speed drifts between rounds) and the median over rounds is printed. */
-    double best[5] = {1e30, 1e30, 1e30, 1e30, 1e30}, ratio[2][RUNS];
+    enum { NCASE = 6, NMIXED = NCASE - 3 };
+    const int *mixed[NMIXED] = {road_h, lora_h, bf16_h};
+    double best[NCASE], ratio[NMIXED][RUNS];
+    for (int k = 0; k < NCASE; k++)
+        best[k] = 1e30;
     for (int r = 0; r < RUNS; r++) {
-        double t[5];
+        double t[NCASE];
         t[0] = run(b, 1, NULL);
         t[1] = run(b, 8, NULL);
-        for (int k = 0; k < 3; k++) {
-            int c = 2 + (r + k) % 3;
-            t[c] = run(b, 32, c == 2 ? NULL : c == 3 ? road_h : lora_h);
+        for (int k = 0; k < NCASE - 2; k++) {
+            int c = 2 + (r + k) % (NCASE - 2);
+            t[c] = run(b, 32, c == 2 ? NULL : mixed[c - 3]);
         }
-        for (int k = 0; k < 5; k++) {
+        for (int k = 0; k < NCASE; k++) {
             if (t[k] < 0)
                 goto out;
             if (t[k] < best[k])
                 best[k] = t[k];
         }
-        ratio[0][r] = t[3] / t[2];
-        ratio[1][r] = t[4] / t[2];
+        for (int k = 0; k < NMIXED; k++)
+            ratio[k][r] = t[3 + k] / t[2];
     }
     double tps1 = STEPS / best[0], tps8 = 8 * STEPS / best[1], tps32 = 32 * STEPS / best[2];
     printf("decode on a 110M F32 Llama-shaped model (dim %d, %d layers, vocab %d; %d-token "
@@ -275,13 +297,15 @@ int main(void)
            "(goal <= 1.03)\n", 32 * STEPS / best[3], median(ratio[0], RUNS));
     printf("  32 LoRA r8 (all seven), batch 32:     %8.1f tokens/s   time %.3fx no adapter "
            "(goal <= 1.15)\n", 32 * STEPS / best[4], median(ratio[1], RUNS));
+    printf("  32 LoRA r8 BF16 (all seven), batch 32:%8.1f tokens/s   time %.3fx no adapter "
+           "(goal <= 1.15)\n", 32 * STEPS / best[5], median(ratio[2], RUNS));
     rc = 0;
     goto out;
 fail:
     fprintf(stderr, "bench_decode: %s\n", actl_errmsg());
 out:
     actl_batch_free(b);
-    for (int i = 0; i < 2 * NADAPT; i++)
+    for (int i = 0; i < 3 * NADAPT; i++)
         actl_adapter_free(ad[i]);
     actl_model_free(m);
     return rc;

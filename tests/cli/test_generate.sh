@@ -213,6 +213,23 @@ run generate --model "$BASE" --prompt-ids 1,5,9 -n 4 --adapter "$TMP/other"
 check_rc "an adapter naming another base model fails" 1
 check_has "the message names the adapter's base model" "other/model" "$err"
 check_has "the message names the model's id" "adapterctl/base-tiny" "$err"
+# --force: the base names differ but the shapes do not fit either: still refused
+run generate --model "$BASE" --prompt-ids 1,5,9 -n 4 --adapter "$TMP/other" --force
+check_rc "--force does not run an adapter whose shapes do not fit" 1
+check_has "with --force the message names the module" "q_proj" "$err"
+# an adapter that fits but names another model: refused, then run with --force
+mkdir -p "$TMP/renamed"
+cp "$AD/lora/adapter_model.safetensors" "$TMP/renamed/"
+"$PY" -c 'import json,sys; c=json.load(open(sys.argv[1])); c["base_model_name_or_path"]="someone/else"; json.dump(c, open(sys.argv[2], "w"))' \
+    "$AD/lora/adapter_config.json" "$TMP/renamed/adapter_config.json"
+run generate --model "$BASE" --prompt-ids 1,5,9 -n 8 --adapter "$TMP/renamed"
+check_rc "an adapter naming another model is refused" 1
+check_has "the refusal mentions --force" "--force" "$err"
+run generate --model "$BASE" --prompt-ids 1,5,9 -n 8 --adapter "$TMP/renamed" --force
+check_rc "--force runs an adapter that names another model but fits" 0
+lora_forced=$out
+run generate --model "$BASE" --prompt-ids 1,5,9 -n 8 --adapter "$AD/lora"
+check "--force gives what the same adapter gives under its own name" "$out" "$lora_forced"
 make_other "$TMP/other-shapes"
 run generate --model "$BASE" --prompt-ids 1,5,9 -n 4 --adapter "$TMP/other-shapes"
 check_rc "an adapter whose shapes are another base's fails" 1
