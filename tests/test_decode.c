@@ -18,6 +18,11 @@ typedef struct ref {
     actl_ckpt *ck;
     int64_t dim, hidden, layers, heads, kvh, hd, vocab;
     double eps, theta;
+    /* features base-tiny lacks: rope_scaling (0 none, 1 linear, 2 llama3),
+     * q/k/v biases, an lm_head tied to the embedding */
+    int rope;
+    double factor, low_ff, high_ff, orig_max;
+    bool bias, tied;
 } ref;
 
 static double *f64(const ref *r, const char *fmt, long l, int64_t numel)
@@ -62,18 +67,53 @@ static void norm(const double *x, const double *w, int64_t T, int64_t d, double 
     }
 }
 
-static void rot(double *v, int64_t T, int64_t nh, int64_t hd, double theta)
+/* HF's inverse frequencies in fp64: 1 / theta^(2i / hd), then the
+ * rope_scaling rule (linear: divided by the factor; llama3: as
+ * _compute_llama3_parameters, by wavelength band). */
+static void inv_freqs(const ref *r, double *inv)
+{
+    int64_t hd = r->hd;
+    double low_wl = r->orig_max / r->low_ff, high_wl = r->orig_max / r->high_ff;
+    for (int64_t i = 0; i < hd / 2; i++) {
+        double f = pow(r->theta, -2.0 * (double)i / (double)hd);
+        if (r->rope == 1) {
+            f /= r->factor;
+        } else if (r->rope == 2) {
+            double wl = 2 * M_PI / f;
+            if (wl > low_wl) {
+                f /= r->factor;
+            } else if (!(wl < high_wl)) {
+                double smooth = (r->orig_max / wl - r->low_ff) / (r->high_ff - r->low_ff);
+                f = (1 - smooth) * f / r->factor + smooth * f;
+            }
+        }
+        inv[i] = f;
+    }
+}
+
+static void rot(double *v, int64_t T, int64_t nh, int64_t hd, const double *inv)
 {
     for (int64_t t = 0; t < T; t++)
         for (int64_t h = 0; h < nh; h++) {
             double *p = v + (t * nh + h) * hd;
             for (int64_t i = 0; i < hd / 2; i++) {
-                double a = (double)t * pow(theta, -2.0 * (double)i / (double)hd);
+                double a = (double)t * inv[i];
                 double x1 = p[i], x2 = p[i + hd / 2];
                 p[i] = x1 * cos(a) - x2 * sin(a);
                 p[i + hd / 2] = x2 * cos(a) + x1 * sin(a);
             }
         }
+}
+
+static void add_bias(const ref *r, double *y, int64_t T, const char *fmt, long l, int64_t n)
+{
+    if (!r->bias)
+        return;
+    double *b = f64(r, fmt, l, n);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < n; i++)
+            y[t * n + i] += b[i];
+    free(b);
 }
 
 /* logits[T, vocab] of every position of ids[T]. */
@@ -86,6 +126,9 @@ static void naive_forward(const ref *r, const int32_t *ids, int64_t T, double *l
     double *v = calloc((size_t)(T * kd), sizeof *v), *att = calloc((size_t)(T * qd), sizeof *q);
     double *o = calloc((size_t)(T * D), sizeof *o), *g = calloc((size_t)(T * H), sizeof *g);
     double *u = calloc((size_t)(T * H), sizeof *u), *sc = calloc((size_t)T, sizeof *sc);
+    double inv[64];
+    assert_true(hd / 2 <= 64);
+    inv_freqs(r, inv);
     for (int64_t t = 0; t < T; t++)
         memcpy(x + t * D, emb + (int64_t)ids[t] * D, (size_t)D * sizeof *x);
     for (long l = 0; l < r->layers; l++) {
@@ -102,8 +145,11 @@ static void naive_forward(const ref *r, const int32_t *ids, int64_t T, double *l
         matmul(xn, wq, T, D, qd, q);
         matmul(xn, wk, T, D, kd, k);
         matmul(xn, wv, T, D, kd, v);
-        rot(q, T, r->heads, hd, r->theta);
-        rot(k, T, r->kvh, hd, r->theta);
+        add_bias(r, q, T, "model.layers.%ld.self_attn.q_proj.bias", l, qd);
+        add_bias(r, k, T, "model.layers.%ld.self_attn.k_proj.bias", l, kd);
+        add_bias(r, v, T, "model.layers.%ld.self_attn.v_proj.bias", l, kd);
+        rot(q, T, r->heads, hd, inv);
+        rot(k, T, r->kvh, hd, inv);
         for (int64_t t = 0; t < T; t++)
             for (int64_t h = 0; h < r->heads; h++) {
                 int64_t kh = h / (r->heads / r->kvh);
@@ -138,7 +184,8 @@ static void naive_forward(const ref *r, const int32_t *ids, int64_t T, double *l
         free(an), free(wq), free(wk), free(wv), free(wo), free(fn), free(wg), free(wu), free(wd);
     }
     double *fnorm = f64(r, "model.norm.weight%.0ld", 0, D);
-    double *head = f64(r, "lm_head.weight%.0ld", 0, r->vocab * D);
+    double *head = r->tied ? f64(r, "model.embed_tokens.weight%.0ld", 0, r->vocab * D)
+                           : f64(r, "lm_head.weight%.0ld", 0, r->vocab * D);
     norm(x, fnorm, T, D, r->eps, xn);
     matmul(xn, head, T, D, r->vocab, logits);
     free(fnorm), free(head), free(emb), free(x), free(xn), free(q), free(k), free(v);
@@ -148,7 +195,7 @@ static void naive_forward(const ref *r, const int32_t *ids, int64_t T, double *l
 static void ref_open(ref *r)
 {
     /* fixtures/base-tiny/config.json */
-    *r = (ref){NULL, 32, 48, 2, 4, 2, 8, 64, 1e-5, 10000.0};
+    *r = (ref){NULL, 32, 48, 2, 4, 2, 8, 64, 1e-5, 10000.0, 0, 1, 1, 1, 1, false, false};
     assert_ok(actl_ckpt_open(TINY, &r->ck));
 }
 
@@ -523,6 +570,170 @@ static void test_decode__seeded_sampling_ignores_batch_company(void **state)
     actl_model_free(m);
 }
 
+/* ---- config features base-tiny lacks, against the fp64 forward ------------ */
+
+enum { FEAT_LINEAR, FEAT_LLAMA3, FEAT_QWEN2, FEAT_TIED };
+#define FEAT_T 20
+#define FEAT_GEN 4
+
+static actl_tensor *rand_tensor(const char *name, int ndim, const int64_t *shape, double scale,
+                                double offset, uint32_t *s)
+{
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= shape[i];
+    float *f = malloc((size_t)n * sizeof *f);
+    for (int64_t i = 0; i < n; i++)
+        f[i] = (float)(offset + scale * ((double)(lcg(s) % 20001) / 10000.0 - 1.0));
+    actl_tensor *t = NULL;
+    assert_ok(actl_tensor_new(name, ACTL_F32, ndim, shape, f, &t));
+    free(f);
+    return t;
+}
+
+/* A small HF checkpoint at dir with head_dim 12 (not hidden / heads) and
+ * the feature f; r describes it to the fp64 forward. */
+static void make_feature_ckpt(const char *dir, int f, ref *r)
+{
+    *r = (ref){NULL, 32, 48, 2, 4, 2, 12, 64, 1e-5, 10000.0, 0, 1, 1, 1, 1, false, false};
+    const char *rope = "null", *type = "llama", *arch = "LlamaForCausalLM";
+    if (f == FEAT_LINEAR) {
+        rope = "{\"rope_type\": \"linear\", \"factor\": 4.0}";
+        r->rope = 1, r->factor = 4;
+    } else if (f == FEAT_LLAMA3) {
+        /* The shortest wavelength is 2 pi (i = 0), so the high-frequency band
+         * needs orig_max / high_freq_factor > 2 pi: orig_max 32 gives bands
+         * at 8 and 32, and theta 100 spreads the six wavelengths over all
+         * three (checked in the test). */
+        rope = "{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
+               "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 32}";
+        r->rope = 2, r->factor = 8, r->low_ff = 1, r->high_ff = 4, r->orig_max = 32;
+        r->theta = 100.0;
+    } else if (f == FEAT_QWEN2) {
+        type = "qwen2", arch = "Qwen2ForCausalLM";
+        r->bias = true;
+    } else {
+        r->tied = true;
+    }
+    uint32_t s = 1234u + (uint32_t)f;
+    int64_t D = r->dim, H = r->hidden, qd = r->heads * r->hd, kd = r->kvh * r->hd;
+    int64_t emb[2] = {r->vocab, D}, nrm[1] = {D};
+    int64_t shp[7][2] = {{qd, D}, {kd, D}, {kd, D}, {D, qd}, {H, D}, {H, D}, {D, H}};
+    static const char *const proj[7] = {"self_attn.q_proj", "self_attn.k_proj",
+                                        "self_attn.v_proj", "self_attn.o_proj",
+                                        "mlp.gate_proj",    "mlp.up_proj",
+                                        "mlp.down_proj"};
+    actl_tensor *ts[3 + 2 * 12];
+    size_t k = 0;
+    ts[k++] = rand_tensor("model.embed_tokens.weight", 2, emb, 1.0, 0, &s);
+    if (!r->tied)
+        ts[k++] = rand_tensor("lm_head.weight", 2, emb, 0.3, 0, &s);
+    ts[k++] = rand_tensor("model.norm.weight", 1, nrm, 0.2, 1, &s);
+    for (int l = 0; l < 2; l++) {
+        char name[128];
+        for (int p = 0; p < 7; p++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, proj[p]);
+            /* q and k large enough that attention is far from uniform */
+            ts[k++] = rand_tensor(name, 2, shp[p], p < 2 ? 0.6 : 0.3, 0, &s);
+            if (r->bias && p < 3) {
+                snprintf(name, sizeof name, "model.layers.%d.%s.bias", l, proj[p]);
+                ts[k++] = rand_tensor(name, 1, shp[p], 0.5, 0, &s);
+            }
+        }
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        ts[k++] = rand_tensor(name, 1, nrm, 0.2, 1, &s);
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        ts[k++] = rand_tensor(name, 1, nrm, 0.2, 1, &s);
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    assert_ok(actl_st_write(path, (const actl_tensor *const *)ts, k, NULL));
+    for (size_t i = 0; i < k; i++)
+        actl_tensor_free(ts[i]);
+    char cfg[2048];
+    snprintf(cfg, sizeof cfg,
+             "{\"architectures\": [\"%s\"], \"model_type\": \"%s\", \"hidden_size\": 32, "
+             "\"intermediate_size\": 48, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+             "\"num_key_value_heads\": 2, \"head_dim\": 12, \"vocab_size\": 64, "
+             "\"max_position_embeddings\": 128, \"rms_norm_eps\": 1e-05, "
+             "\"rope_theta\": %.1f, \"rope_scaling\": %s, \"tie_word_embeddings\": %s, "
+             "\"hidden_act\": \"silu\", \"torch_dtype\": \"float32\"}",
+             arch, type, r->theta, rope, r->tied ? "true" : "false");
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    test_write_text(path, cfg);
+    assert_ok(actl_ckpt_open(dir, &r->ck));
+}
+
+/* A 20-token prompt and FEAT_GEN greedy steps through the batch, each
+ * step's logits against the fp64 forward of the whole sequence so far. */
+static void check_feature(int f)
+{
+    char *tmp = test_tmpdir();
+    ref r;
+    make_feature_ckpt(tmp, f, &r);
+    if (f == FEAT_LLAMA3) {
+        /* every llama3 band occurs: kept, smoothed and divided */
+        int band[3] = {0, 0, 0};
+        for (int64_t i = 0; i < r.hd / 2; i++) {
+            double wl = 2 * M_PI * pow(r.theta, 2.0 * (double)i / (double)r.hd);
+            band[wl < r.orig_max / r.high_ff ? 0 : wl > r.orig_max / r.low_ff ? 2 : 1]++;
+        }
+        if (!band[0] || !band[1] || !band[2])
+            fail_msg("llama3 bands %d/%d/%d: one is empty", band[0], band[1], band[2]);
+    }
+    actl_model *m = load(tmp);
+    actl_model_info in;
+    actl_model_info_get(m, &in);
+    assert_int_equal(in.head_dim, 12);
+    int32_t full[FEAT_T + FEAT_GEN];
+    uint32_t s = 99u + (uint32_t)f;
+    for (int i = 0; i < FEAT_T; i++)
+        full[i] = (int32_t)(lcg(&s) % 64);
+    static float lg[FEAT_GEN][64];
+    actl_batch *b = batch(m, 1, 64);
+    int seq = add(b, full, FEAT_T, FEAT_GEN), running = 1;
+    while (running) {
+        assert_ok(actl_batch_step(b, &running));
+        size_t n = actl_batch_tokens(b, seq, NULL, NULL);
+        memcpy(lg[n - 1], actl_batch_logits(b, seq), sizeof lg[n - 1]);
+    }
+    const int32_t *ids;
+    assert_int_equal(actl_batch_tokens(b, seq, &ids, NULL), FEAT_GEN);
+    memcpy(full + FEAT_T, ids, FEAT_GEN * sizeof *full);
+    double *want = malloc((FEAT_T + FEAT_GEN) * 64 * sizeof *want);
+    naive_forward(&r, full, FEAT_T + FEAT_GEN, want);
+    for (int t = 0; t < FEAT_GEN; t++) {
+        const double *w = want + (FEAT_T - 1 + t) * 64;
+        double err = 0, scale = 1;
+        for (int j = 0; j < 64; j++) {
+            err = fmax(err, fabs(lg[t][j] - w[j]));
+            scale = fmax(scale, fabs(w[j]));
+        }
+        if (err > 1e-4 * scale)
+            fail_msg("feature %d token %d: logits off by %g (scale %g)", f, t, err, scale);
+    }
+    free(want);
+    actl_batch_free(b);
+    actl_model_free(m);
+    actl_ckpt_close(r.ck);
+    test_rmtree(tmp);
+    free(tmp);
+}
+
+static void test_decode__linear_and_llama3_rope_scaling_match_fp64_forward(void **state)
+{
+    (void)state;
+    check_feature(FEAT_LINEAR);
+    check_feature(FEAT_LLAMA3);
+}
+
+static void test_decode__qwen2_biases_and_tied_lm_head_match_fp64_forward(void **state)
+{
+    (void)state;
+    check_feature(FEAT_QWEN2);
+    check_feature(FEAT_TIED);
+}
+
 /* ---- mixed-adapter batches (acceptance 4) ---------------------------------- */
 
 #define MIX_GEN 4
@@ -816,6 +1027,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decode__matches_hf_corpus_logits_and_greedy),
         cmocka_unit_test(test_decode__batched_prefill_and_decode_match_fp64_forward),
+        cmocka_unit_test(test_decode__linear_and_llama3_rope_scaling_match_fp64_forward),
+        cmocka_unit_test(test_decode__qwen2_biases_and_tied_lm_head_match_fp64_forward),
         cmocka_unit_test(test_decode__batch_equals_each_sequence_alone),
         cmocka_unit_test(test_decode__score_sums_continuation_logprobs),
         cmocka_unit_test(test_decode__prompt_only_request_gives_last_logits),

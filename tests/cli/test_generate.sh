@@ -103,6 +103,15 @@ if [ -f "$L2C/stories260K.bin" ] && [ -f "$L2C/tok512.bin" ]; then
     check "--json text is a string even when a token is a lone byte" str \
         "$("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(type(d["text"]).__name__)' "$TMP/out")"
     check_has "the lone byte came out as U+FFFD" $'\xef\xbf\xbd' "$out"
+    # --stop: the text ends before the stop text, finish says "stop"
+    run generate --model "$L2C/stories260K.bin" --tokenizer "$L2C/tok512.bin" -n 60 \
+        --stop Lily --json
+    check_rc "generate --stop succeeds" 0
+    check "--stop: finish is stop" stop "$(py field "$TMP/out" finish)"
+    check "--stop: the text ends just before the stop text" "named " \
+        "$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["text"][-6:])' "$TMP/out")"
+    run generate --model "$L2C/stories260K.bin" --tokenizer "$L2C/tok512.bin" -n 60 --stop Lily -q
+    check_lacks "--stop: the plain output stops before the stop text" "Lily" "$out"
     # a text prompt: BOS first (a SentencePiece vocabulary says so), echoed back
     run generate --model "$L2C/stories260K.bin" --tokenizer "$L2C/tok512.bin" \
         --prompt "Once upon a time" -n 5 --json
