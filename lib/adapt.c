@@ -717,6 +717,23 @@ bool actl__rt_touches(const actl__rt *rt, int64_t slot)
     return rt && slot >= 0 && slot < rt->nslots && rt->slots[slot].n > 0;
 }
 
+int64_t actl__rt_work(const actl__rt *rt, int64_t slot)
+{
+    if (!actl__rt_touches(rt, slot))
+        return 0;
+    const rt_slot *sl = &rt->slots[slot];
+    int64_t w = 0;
+    for (int k = 0; k < sl->n; k++) {
+        const rt_op *o = &sl->ops[k];
+        switch (o->kind) {
+        case OP_ROAD: w += 2 * o->n_out; break;
+        case OP_DORA: w += o->r * (o->n_in + o->n_out) + 2 * o->n_out; break;
+        default: w += o->r * (o->n_in + o->n_out) + (o->add ? o->n_out : 0); break;
+        }
+    }
+    return w;
+}
+
 bool actl__rt_has_pre(const actl__rt *rt, int64_t slot)
 {
     return rt && slot >= 0 && slot < rt->nslots && rt->slots[slot].npre > 0;

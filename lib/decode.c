@@ -791,6 +791,7 @@ static int project(actl_batch *b, const proj *pj, size_t np, const float *in, in
                 return rc;
     }
     bool any = false;
+    int64_t work = 0;
     for (size_t k = 0; k < np; k++) {
         if ((rc = actl__linear(actl__slot_weight(b->m, pj[k].slot), x0, rows, pj[k].out, false)))
             return rc;
@@ -798,8 +799,10 @@ static int project(actl_batch *b, const proj *pj, size_t np, const float *in, in
             for (int64_t r = 0; r < rows; r++)
                 for (int64_t i = 0; i < pj[k].out_dim; i++)
                     pj[k].out[r * pj[k].out_dim + i] += pj[k].bias[i];
-        for (size_t i = 0; i < ng && !any; i++)
-            any = actl__rt_touches(g[i].rt, pj[k].slot);
+        for (size_t i = 0; i < ng; i++) {
+            any |= actl__rt_touches(g[i].rt, pj[k].slot);
+            work += g[i].n * actl__rt_work(g[i].rt, pj[k].slot);
+        }
     }
     if (!any)
         return ACTL_OK;
@@ -809,11 +812,9 @@ static int project(actl_batch *b, const proj *pj, size_t np, const float *in, in
     int blas = openblas_get_num_threads();
     openblas_set_num_threads(1);
     clear_errs(b);
-    /* work as if a rank-8 LoRA: a guess; the posts' costs are adapt.c's */
-    int64_t outs = 0;
-    for (size_t k = 0; k < np; k++)
-        outs += pj[k].out_dim + in_dim;
-    pool_run(&b->pool, post_task, &job, (int64_t)(np * ng), rows * outs * 8);
+    /* the posts' own cost decides whether waking the pool pays: element-wise
+     * RoAd over a few rows is cheaper on this thread */
+    pool_run(&b->pool, post_task, &job, (int64_t)(np * ng), work);
     openblas_set_num_threads(blas);
     return take_err(b);
 }

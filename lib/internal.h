@@ -783,6 +783,9 @@ void actl__rt_free(actl__rt *rt);
  * input (a series-on-input bottleneck). */
 bool actl__rt_touches(const actl__rt *rt, int64_t slot);
 bool actl__rt_has_pre(const actl__rt *rt, int64_t slot);
+/* Multiply-adds per row that the slot's members cost (0 when none acts on
+ * it): the decoder spreads the posts over its threads only when worth it. */
+int64_t actl__rt_work(const actl__rt *rt, int64_t slot);
 /* x0[rows, in]: what the base projection sees for module input x[rows, in]
  * (the input bottlenecks applied, outermost member first). */
 int actl__rt_pre(const actl__rt *rt, int64_t slot, const float *x, int64_t rows, float *x0);
