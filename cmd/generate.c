@@ -4,7 +4,6 @@
  */
 #include "cmd.h"
 
-#include <ctype.h>
 #include <stdbool.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -210,35 +209,18 @@ static char *utf8_clean(const char *s, size_t n)
     return o;
 }
 
-/* A piece as the llama2.c reference prints it: a lone byte that is neither
- * printable nor white space (a control byte a byte-fallback token stands
- * for) is left out. */
-static int piece_printable(const char *p, size_t n)
-{
-    if (n != 1)
-        return 1;
-    unsigned char c = (unsigned char)p[0];
-    return c >= 0x80 || isprint(c) || isspace(c);
-}
-
-/* Appends token id's piece after prev (-1: none). The first piece after BOS
- * of a SentencePiece vocabulary loses its leading space, as the space
- * stands for the word boundary the normalizer added (byte-level
- * vocabularies keep theirs: it was in the text). */
+/* Appends token id's text after prev (-1: none) as the library builds a
+ * continuation's text, so that eval's texts and ours cannot drift apart. */
 static int append_piece(struct out_text *t, const actl_tokenizer *tok, int32_t prev,
                         int32_t bos, int32_t id)
 {
+    char *s;
     size_t n;
-    const char *p = actl_tokenizer_piece(tok, id, &n);
-    if (!p)
-        return 0;
-    if (prev >= 0 && prev == bos && n && p[0] == ' ' && actl_tokenizer_sentencepiece(tok)) {
-        p++;
-        n--;
-    }
-    if (!piece_printable(p, n))
-        return 0;
-    return text_append(t, p, n);
+    if (actl_tokenizer_continuation(tok, prev, bos, NULL, 0, &id, 1, &s, &n) != ACTL_OK)
+        return -1;
+    int rc = n ? text_append(t, s, n) : 0;
+    free(s);
+    return rc;
 }
 
 int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)

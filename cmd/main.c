@@ -24,6 +24,7 @@
     X(export, "write a stored adapter out as a PEFT directory")                     \
     X(merge, "fold adapters into a base checkpoint, or take them back out")         \
     X(generate, "run the CPU decoder on a prompt, with adapters or a stack of them") \
+    X(eval, "run requests or a dataset over many adapters with continuous batching") \
     X(compose, "build a new adapter from stored ones (cat, svd, ties, ..., stack)") \
     X(pull, "download an adapter from a URL, hf:// or a published store, verified") \
     X(publish, "write stored adapters as a static tree any HTTP server can serve")  \

@@ -866,6 +866,20 @@ const char *actl_tokenizer_piece(const actl_tokenizer *t, int32_t id, size_t *le
  * *text malloc'd and NUL-terminated. */
 int actl_tokenizer_decode(const actl_tokenizer *t, const int32_t *ids, size_t n, char **text,
                           size_t *len);
+/* The text of generated ids[0..n) as `generate` prints it, following the
+ * token prev (the prompt's last id; -1: none): each id's piece in order,
+ * except that an id in stop[0..n_stop) prints nothing, nor does an id
+ * outside the tokenizer's vocabulary or a piece that is one control byte
+ * (ASCII, neither printable nor white space: llama2.c's rule); a piece
+ * right after the id bos (the caller's: the tokenizer's BOS, else the
+ * model's) loses its leading space in a SentencePiece-style vocabulary.
+ * Each id becomes prev for the next, so a text built call by call, each
+ * call given the previous call's last id, equals the text of one call.
+ * Bytes are kept as they are (no UTF-8 repair). *text malloc'd and
+ * NUL-terminated. */
+int actl_tokenizer_continuation(const actl_tokenizer *t, int32_t prev, int32_t bos,
+                                const int32_t *stop, size_t n_stop, const int32_t *ids,
+                                size_t n, char **text, size_t *len);
 
 /* ------------------------------------------------------------------ */
 /* The decoder: batches of sequences, each with its own adapter        */
@@ -947,6 +961,124 @@ const float *actl_batch_logits(const actl_batch *b, int seq);
 int actl_batch_score(const actl_batch *b, int seq, double *logprob, const float **per_token);
 /* Frees the slot (its KV cache reused by the next add). */
 void actl_batch_remove(actl_batch *b, int seq);
+
+/* ------------------------------------------------------------------ */
+/* Eval (DESIGN.md 11)                                                 */
+/* ------------------------------------------------------------------ */
+
+typedef enum actl_scorer {
+    ACTL_SCORER_NONE = 0,     /* not scored */
+    ACTL_SCORER_NUMBER = 1,   /* LLM-Adapters: commas deleted, the last -?\d+\.?\d*,
+                                 correct when |pred - label| <= 0.001 */
+    ACTL_SCORER_CHOICE = 2,   /* the first capital letter A-E anywhere */
+    ACTL_SCORER_EXACT = 3,    /* the response, trimmed, equals the answer */
+    ACTL_SCORER_CONTAINS = 4  /* the answer occurs in the response */
+} actl_scorer;
+/* "none", "number", "choice", "exact", "contains"; NULL if invalid. */
+const char *actl_scorer_name(actl_scorer s);
+int actl_scorer_parse(const char *name, actl_scorer *out);
+/* Scores a response against an answer. *pred: the prediction the rule
+ * extracted (malloc'd), NULL when there is none (then *correct is 0). */
+int actl_score(actl_scorer s, const char *response, const char *answer, char **pred,
+               int *correct);
+/* LLM-Adapters' Alpaca prompt around an instruction, byte for byte
+ * (../shared/data/math/README), malloc'd. */
+char *actl_eval_prompt(const char *instruction);
+
+/* One request. Strings and arrays are owned by the list it is in. */
+typedef struct actl_eval_req {
+    char *id;
+    char **adapter;          /* n_adapter refs (NAME[@V][:W] or a PEFT directory), applied
+                                as a stack in order; n_adapter 0: no adapter */
+    size_t n_adapter;
+    char *prompt;            /* text, or NULL when prompt_ids are given */
+    int32_t *prompt_ids;
+    size_t n_prompt_ids;
+    int64_t max_tokens;      /* -1: the run's default */
+    double temperature;      /* default 0 (greedy) */
+    double top_p;            /* default 1 */
+    uint64_t seed;           /* default 0 */
+    char **stop;             /* stop strings */
+    size_t n_stop;
+    char *answer;            /* expected answer, or NULL */
+    actl_scorer scorer;
+    char *continuation;      /* text whose log-probability is wanted, or NULL */
+    int32_t *continuation_ids;
+    size_t n_continuation_ids;
+    int64_t line;            /* 1-based line of the JSONL file, or record index + 1 */
+} actl_eval_req;
+
+typedef struct actl_eval_reqs actl_eval_reqs;
+/* Requests from a JSONL file (DESIGN.md 11; issue 7): each bad line is
+ * reported through fn ("'FILE' line N: what is wrong") and skipped, the
+ * rest kept. An unreadable file or no usable line: an error. */
+int actl_eval_reqs_jsonl(const char *path, actl_problem_fn fn, void *ctx, actl_eval_reqs **out);
+/* A dataset in the LLM-Adapters format: for each of the first `limit`
+ * records (0: all), one request per adapter ref (adapters[i] is one ref,
+ * or "none" for the base alone), id "<adapter>:<index>", prompt
+ * actl_eval_prompt(instruction), scorer choice when the answer is a letter
+ * A-E, else number. */
+int actl_eval_reqs_dataset(const char *path, const char *const *adapters, size_t n_adapters,
+                           size_t limit, actl_eval_reqs **out);
+size_t actl_eval_reqs_count(const actl_eval_reqs *l);
+const actl_eval_req *actl_eval_reqs_get(const actl_eval_reqs *l, size_t i);
+void actl_eval_reqs_free(actl_eval_reqs *l);
+
+/* One finished request, lent to the callback for the call only. */
+typedef struct actl_eval_result {
+    const actl_eval_req *req;
+    const char *adapter;      /* the refs joined by "+", or "none" */
+    size_t prompt_tokens, completion_tokens;
+    const char *text;         /* the completion's text (stop string cut off) */
+    const char *finish;       /* "length", "stop" (EOS, a stop id or a stop string), or
+                                 "error": the request could not run (its adapter does not
+                                 load or fit, its prompt does not encode or fit the
+                                 context, it needs a tokenizer); text is then the message */
+    const char *prediction;   /* scored requests: what the scorer extracted, or NULL */
+    int correct;              /* 1 / 0; -1 when not scored */
+    double logprob;           /* continuation requests: its log-probability */
+    int has_logprob;
+} actl_eval_result;
+
+/* Per adapter label, after a run. */
+typedef struct actl_eval_summary_row {
+    const char *adapter;
+    size_t requests, scored, correct;
+    size_t completion_tokens;
+    double seconds;           /* wall time from the run's start to its last request's end */
+} actl_eval_summary_row;
+typedef struct actl_eval_summary actl_eval_summary;
+size_t actl_eval_summary_count(const actl_eval_summary *s);
+const actl_eval_summary_row *actl_eval_summary_get(const actl_eval_summary *s, size_t i);
+double actl_eval_summary_seconds(const actl_eval_summary *s); /* the whole run */
+void actl_eval_summary_free(actl_eval_summary *s);
+
+typedef struct actl_eval_opts {
+    int batch;                 /* sequences in flight (default 8) */
+    int64_t max_tokens;        /* default for requests without one (default 256) */
+    actl_store *store;         /* resolves adapter names (may be NULL: directories only) */
+    int force;                 /* as actl_batch_opts.force */
+    int threads;               /* 0: every online CPU */
+    const char *const *skip;   /* ids already done (resume): not run, not counted */
+    size_t n_skip;
+    /* Called as each request finishes (in finishing order); a nonzero return
+     * stops the run with that code. */
+    int (*on_result)(const actl_eval_result *r, void *ctx);
+    void *ctx;
+    actl_progress_fn progress; /* (requests done, requests total) */
+    void *progress_ctx;
+} actl_eval_opts;
+actl_eval_opts actl_eval_default_opts(void);
+
+/* Runs the requests with continuous batching: up to o->batch in flight, a
+ * finished one's slot refilled at once from the queue, whatever its
+ * adapter. Each distinct adapter list is loaded and prepared once. Prompts
+ * are encoded as `generate` encodes them (BOS when the tokenizer adds one,
+ * special tokens parsed); a request's text equals what `generate` gives
+ * for the same prompt, adapter and sampling alone. tok may be NULL when
+ * every request has ids. */
+int actl_eval_run(const actl_model *m, const actl_tokenizer *tok, const actl_eval_reqs *l,
+                  const actl_eval_opts *o, actl_eval_summary **out);
 
 #ifdef __cplusplus
 }

@@ -1273,3 +1273,52 @@ int actl_tokenizer_decode(const actl_tokenizer *t, const int32_t *ids, size_t n,
         *len = o;
     return ACTL_OK;
 }
+
+int actl_tokenizer_continuation(const actl_tokenizer *t, int32_t prev, int32_t bos,
+                                const int32_t *stop, size_t n_stop, const int32_t *ids,
+                                size_t n, char **text, size_t *len)
+{
+    if (!t || !text || (!ids && n) || (!stop && n_stop))
+        return actl__err(ACTL_EINVAL,
+                         "actl_tokenizer_continuation: tokenizer and text are required");
+    *text = NULL;
+    if (len)
+        *len = 0;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += ids[i] >= 0 && (size_t)ids[i] < t->n_vocab && t->pieces[ids[i]]
+                     ? t->piece_len[ids[i]] : 0;
+    char *s = malloc(total + 1);
+    if (!s)
+        return actl__oom();
+    size_t o = 0;
+    for (size_t i = 0; i < n; prev = ids[i], i++) {
+        int is_stop = 0;
+        for (size_t k = 0; k < n_stop; k++)
+            is_stop |= ids[i] == stop[k];
+        /* ids past the tokenizer's vocabulary (a model's padded rows) have no text */
+        if (is_stop || ids[i] < 0 || (size_t)ids[i] >= t->n_vocab || !t->pieces[ids[i]])
+            continue;
+        const char *p = t->pieces[ids[i]];
+        size_t l = t->piece_len[ids[i]];
+        /* the space a SentencePiece normalizer put before the text's first word */
+        if (prev >= 0 && prev == bos && t->sentencepiece && l && p[0] == ' ') {
+            p++;
+            l--;
+        }
+        /* a lone control byte (a byte-fallback token) is not printed, as
+         * llama2.c's safe_printf leaves it out */
+        if (l == 1) {
+            unsigned char c = (unsigned char)p[0];
+            if (c < 0x80 && !(c >= 0x20 && c < 0x7F) && !(c == ' ' || (c >= '\t' && c <= '\r')))
+                continue;
+        }
+        memcpy(s + o, p, l);
+        o += l;
+    }
+    s[o] = '\0';
+    *text = s;
+    if (len)
+        *len = o;
+    return ACTL_OK;
+}

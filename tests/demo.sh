@@ -270,3 +270,40 @@ show_run generate --model "$TMP/merged" --prompt-ids 1,42,99 -n 8 -q
 show_run generate --model "$BASE" --prompt-ids 1,42,99 -n 8 -q
 echo "  (the first two agree: the adapters applied per request equal the merged model; the"
 echo "   third is the base without them)"
+
+say "eval: one request stream over mixed adapters, continuous batching, a summary per adapter"
+# (re-runnable as the rest: the demo-story-* names are removed, then added again)
+L2C=../shared/data/llama2c
+MA=../shared/data/math/MultiArith/test.json
+if [ -f "$L2C/stories260K.bin" ] && [ -f "$MA" ]; then
+    # the demo-* adapters above are for other models: three of different kinds made
+    # for stories260K's shapes (a LoRA, a RoAd, a bottleneck), stored as demo-story-*
+    python3 tests/cli/lib/story_adapters.py "$TMP/story"
+    for k in lora road bottleneck; do
+        while "$BIN" -q rm "demo-story-$k" >/dev/null 2>&1; do :; done
+        "$BIN" -q add "$TMP/story/$k" --name "demo-story-$k" --tag demo=eval >/dev/null
+    done
+    echo "(stored demo-story-lora, demo-story-road, demo-story-bottleneck for stories260K)"
+    show_run eval --model "$L2C/stories260K.bin" --tokenizer "$L2C/tok512.bin" \
+        --dataset "$MA" --adapter demo-story-lora,demo-story-road,demo-story-bottleneck,none \
+        --limit 20 --max-tokens 24 --batch 16 --out "$TMP/eval.jsonl" -q
+    echo "  first result line of $(wc -l <"$TMP/eval.jsonl"):"
+    head -1 "$TMP/eval.jsonl" | sed 's/^/  /'
+    echo "  (a 260K-parameter story model does no arithmetic: accuracy 0 is expected; the"
+    echo "   point is 80 requests over four adapters sharing every batch)"
+else
+    # no shared data: the tiny fixture base, requests as token ids, each naming its adapter
+    TB=fixtures/base-tiny
+    TA=fixtures/adapters/base-tiny
+    for i in $(seq 0 23); do
+        case $((i % 4)) in
+        0) ad="\"$TA/lora\"" ;; 1) ad="\"$TA/road-1\"" ;;
+        2) ad="\"$TA/bottleneck-series\"" ;; *) ad=null ;;
+        esac
+        echo "{\"id\": \"q$i\", \"adapter\": $ad, \"prompt_ids\": [1, $((i + 3)), 9], \"max_tokens\": 8}"
+    done >"$TMP/requests.jsonl"
+    show_run eval --model "$TB" --requests "$TMP/requests.jsonl" --batch 8 \
+        --out "$TMP/eval.jsonl" -q
+    echo "  first result line of $(wc -l <"$TMP/eval.jsonl"):"
+    head -1 "$TMP/eval.jsonl" | sed 's/^/  /'
+fi
