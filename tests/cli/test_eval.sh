@@ -3,8 +3,8 @@
 #  - acceptance 2: stories260K with three stored adapters of different kinds
 #    (LoRA on q/v, RoAd road_1 on o/down, a series bottleneck on down_proj,
 #    generated here with python3), eval of MultiArith --limit 30 over the
-#    three: 90 result lines, a summary row per adapter, and for three
-#    requests per adapter the text equals what `generate` prints for the
+#    three: 90 result lines, a summary row per adapter, and for every one of
+#    the 90 requests the text equals what `generate` prints for the
 #    same prompt (rebuilt here from the data README's template) and adapter;
 #  - acceptance 4: eval killed (-9) midway, rerun with the same --out: every
 #    id exactly once, the same set as a clean run; a cut last line dropped;
@@ -202,7 +202,7 @@ else
         fail "the three adapters give three different texts" "$t1" "$t2" "$t3"
     fi
     for k in lora road bottleneck; do
-        for i in 0 13 29; do
+        for i in $(seq 0 29); do
             py prompt "$MA" "$i" "$TMP/prompt"
             st generate "${MODEL[@]}" --prompt "$(cat "$TMP/prompt")" --adapter "story-$k" \
                 -n 24 --json -q
