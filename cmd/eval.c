@@ -34,10 +34,12 @@ static const char *const eval_usage[] = {
     "{\"id\", \"adapter\", \"prompt_tokens\", \"completion_tokens\", \"text\",",
     "\"finish\", \"prediction\", \"correct\", \"logprob\"}. When --out exists, the",
     "ids it holds are not run again and new lines are appended (a line cut by",
-    "a killed run is dropped first). Then a summary per adapter (requests,",
-    "correct, accuracy, completion tokens, tokens/s) and the decoding used, on",
-    "stdout with --out, else on stderr; with --json as one JSON document",
-    "{\"summary\", \"decoding\", \"seconds\"}.",
+    "a killed run is dropped first; a file whose lines are not eval results is",
+    "refused). Then a summary per adapter of this run (requests, correct,",
+    "accuracy, completion tokens, tokens/s) and the decoding used, on stdout",
+    "with --out, else on stderr; with --json as one JSON document",
+    "{\"summary\", \"decoding\", \"seconds\", \"earlier\"} (earlier: the results",
+    "already in --out, not counted in the summary).",
     NULL,
 };
 
@@ -179,6 +181,29 @@ static int read_done_ids(const char *path, struct strs *ids)
     size_t keep = len;
     while (keep > 0 && buf[keep - 1] != '\n')
         keep--;
+    /* only a cut result line is ours to drop: anything else means --out names
+     * some other file, which must not be cut or appended to */
+    if (keep < len && (len - keep < 6 || memcmp(buf + keep, "{\"id\":", 6) != 0)) {
+        cmd_error("'%s': its last line is not an eval result line cut short: refusing to "
+                  "change the file (is --out the right file?)", path);
+        goto out;
+    }
+    for (size_t i = 0, line = 1; i < keep; line++) {
+        size_t e = i;
+        while (buf[e] != '\n')
+            e++;
+        json_error_t jerr;
+        json_t *o = json_loadb(buf + i, e - i, 0, &jerr);
+        int ok = json_is_string(json_object_get(o, "id")) &&
+                 json_is_string(json_object_get(o, "finish"));
+        json_decref(o);
+        if (!ok) {
+            cmd_error("'%s' line %zu is not an eval result line: refusing to append to the file "
+                      "(is --out the right file?)", path, line);
+            goto out;
+        }
+        i = e + 1;
+    }
     if (keep < len && truncate(path, (off_t)keep) != 0) {
         cmd_error("'%s': cannot drop the unfinished last line: %s", path, strerror(errno));
         goto out;
@@ -318,7 +343,8 @@ static const char *decoding_of(const actl_eval_reqs *l)
     return sampled == 0 ? "greedy" : sampled == n ? "sampled" : "greedy and sampled";
 }
 
-static int print_summary(FILE *f, const actl_eval_summary *sum, const char *decoding, int json)
+static int print_summary(FILE *f, const actl_eval_summary *sum, const char *decoding, int json,
+                         size_t earlier, const char *out_path)
 {
     size_t n = actl_eval_summary_count(sum);
     double secs = actl_eval_summary_seconds(sum);
@@ -338,8 +364,9 @@ static int print_summary(FILE *f, const actl_eval_summary *sum, const char *deco
                                 r->seconds > 0 ? (double)r->completion_tokens / r->seconds
                                                : 0.0));
         }
-        json_t *doc = rows ? json_pack("{s:o, s:s, s:f}", "summary", rows, "decoding", decoding,
-                                       "seconds", secs)
+        json_t *doc = rows ? json_pack("{s:o, s:s, s:f, s:I}", "summary", rows, "decoding",
+                                       decoding, "seconds", secs, "earlier",
+                                       (json_int_t)earlier)
                            : NULL;
         if (!doc) {
             cmd_error("cannot build the summary document");
@@ -375,6 +402,9 @@ static int print_summary(FILE *f, const actl_eval_summary *sum, const char *deco
                 r->seconds > 0 ? (double)r->completion_tokens / r->seconds : 0.0);
     }
     fprintf(f, "decoding: %s; %.2f s\n", decoding, secs);
+    if (earlier)
+        fprintf(f, "(this run only: %zu earlier result%s in '%s' are not counted above)\n",
+                earlier, earlier == 1 ? "" : "s", out_path);
     return fflush(f) == 0 ? CMD_OK : CMD_FAIL;
 }
 
@@ -569,7 +599,8 @@ int cmd_eval(int argc, char **argv, struct cmd_ctx *ctx)
             cmd_lib_error(lrc);
         goto out;
     }
-    rc = print_summary(out_path ? stdout : stderr, sum, decoding_of(reqs), ctx->json);
+    rc = print_summary(out_path ? stdout : stderr, sum, decoding_of(reqs), ctx->json, done.n,
+                       out_path);
     if (rc == CMD_OK && st.failed) {
         cmd_error("%zu request%s could not run (reported above)", st.failed,
                   st.failed == 1 ? "" : "s");

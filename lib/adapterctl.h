@@ -984,6 +984,10 @@ int actl_score(actl_scorer s, const char *response, const char *answer, char **p
 /* LLM-Adapters' Alpaca prompt around an instruction, byte for byte
  * (../shared/data/math/README), malloc'd. */
 char *actl_eval_prompt(const char *instruction);
+/* The part of a completion that is scored: the text before a "### Response:"
+ * of the model's own (LLM-Adapters score decode(prompt + output) split at
+ * "### Response:", element 1), malloc'd. */
+char *actl_eval_answer_text(const char *completion);
 
 /* One request. Strings and arrays are owned by the list it is in. */
 typedef struct actl_eval_req {

@@ -19,7 +19,9 @@
 #include <time.h>
 
 typedef struct label {
-    char *name;         /* refs joined by "+", or "none" */
+    char *name;         /* refs joined by "+", or "none" (for display: a directory
+                           named "x+y" and the stack x, y share it, not a label) */
+    const actl_eval_req *first; /* the request that made it: its refs are the key */
     int state;          /* 0: not loaded yet, 1: ready, -1: failed */
     int handle;
     char *err;          /* why it failed */
@@ -173,6 +175,17 @@ out:
     return rc;
 }
 
+/* Whether two requests name the same adapter list, ref by ref. */
+static bool same_refs(const actl_eval_req *a, const actl_eval_req *b)
+{
+    if (a->n_adapter != b->n_adapter)
+        return false;
+    for (size_t i = 0; i < a->n_adapter; i++)
+        if (strcmp(a->adapter[i], b->adapter[i]))
+            return false;
+    return true;
+}
+
 static int find_label(run *R, const actl_eval_req *r, size_t *idx)
 {
     int rc = ACTL_OK;
@@ -180,7 +193,7 @@ static int find_label(run *R, const actl_eval_req *r, size_t *idx)
     if (!name)
         return actl__oom();
     for (size_t i = 0; i < R->n_labs; i++)
-        if (!strcmp(R->labs[i].name, name)) {
+        if (same_refs(R->labs[i].first, r)) {
             *idx = i;
             goto out;
         }
@@ -192,6 +205,7 @@ static int find_label(run *R, const actl_eval_req *r, size_t *idx)
     R->labs = v;
     memset(&R->labs[R->n_labs], 0, sizeof *R->labs);
     R->labs[R->n_labs].name = name;
+    R->labs[R->n_labs].first = r;
     name = NULL;
     *idx = R->n_labs++;
 out:
@@ -414,7 +428,7 @@ static int finish(run *R, slot *S)
     const float *lps;
     size_t n = actl_batch_tokens(R->b, S->seq, &ids, &lps);
     actl_eval_result res = {0};
-    char *pred = NULL;
+    char *pred = NULL, *scored = NULL;
     int rc = ACTL_OK;
     res.req = r;
     res.adapter = R->labs[S->lab].name;
@@ -429,13 +443,21 @@ static int finish(run *R, slot *S)
             goto out;
         res.has_logprob = 1;
     } else if (r->answer && r->scorer != ACTL_SCORER_NONE) {
-        if ((rc = actl_score(r->scorer, res.text, r->answer, &pred, &res.correct)))
+        /* LLM-Adapters score decode(prompt + output).split("### Response:")[1]:
+         * what the model writes after a "### Response:" of its own (it ran on
+         * into another Alpaca block) is not part of its answer */
+        if (!(scored = actl_eval_answer_text(res.text))) {
+            rc = ACTL_ENOMEM;
+            goto out;
+        }
+        if ((rc = actl_score(r->scorer, scored, r->answer, &pred, &res.correct)))
             goto out;
         res.prediction = pred;
     }
     rc = emit(R, &res, &R->labs[S->lab]);
 out:
     free(pred);
+    free(scored);
     actl_batch_remove(R->b, S->seq);
     S->live = 0;
     return rc;

@@ -829,3 +829,13 @@ out:
     actl_eval_reqs_free(l);
     return rc;
 }
+
+char *actl_eval_answer_text(const char *completion)
+{
+    const char *c = completion ? completion : "";
+    const char *cut = strstr(c, "### Response:");
+    char *t = cut ? strndup(c, (size_t)(cut - c)) : strdup(c);
+    if (!t)
+        actl__oom();
+    return t;
+}

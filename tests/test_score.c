@@ -484,9 +484,34 @@ static void test_dataset__multiarith_and_aqua(void **state)
     actl_eval_reqs_free(l);
 }
 
+/* What is scored stops at a "### Response:" the model wrote itself, as
+ * LLM-Adapters' split("### Response:")[1] does: the answer after it is not
+ * the model's answer to this instruction. */
+static void test_score__answer_text_stops_at_the_models_own_response(void **state)
+{
+    (void)state;
+    char *t = actl_eval_answer_text(" 5 apples.\n\n### Instruction:\n 7 pears\n\n### Response:\n 9");
+    assert_non_null(t);
+    assert_string_equal(t, " 5 apples.\n\n### Instruction:\n 7 pears\n\n");
+    char *pred = NULL;
+    int ok = -1;
+    assert_ok(actl_score(ACTL_SCORER_NUMBER, t, "7", &pred, &ok));
+    assert_string_equal(pred, "7");
+    assert_int_equal(ok, 1);
+    free(pred);
+    free(t);
+    t = actl_eval_answer_text("no marker: 12");
+    assert_string_equal(t, "no marker: 12");
+    free(t);
+    t = actl_eval_answer_text(NULL);
+    assert_string_equal(t, "");
+    free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_score__answer_text_stops_at_the_models_own_response),
         cmocka_unit_test(test_number__acceptance_edge_cases),
         cmocka_unit_test(test_number__tolerance_is_one_thousandth_inclusive),
         cmocka_unit_test(test_number__takes_the_last_greedy_match),

@@ -254,5 +254,29 @@ else
         "$(sort "$TMP/clean.jsonl")" "$(sort "$TMP/killed.jsonl")"
 fi
 
+# a directory named like a stack ("x+y") is not the stack x, y: each runs its own adapters
+mkdir -p "$TMP/plus"
+cp -r "$FIX/adapters/base-tiny/lora" "$TMP/plus/x"
+cp -r "$FIX/adapters/base-tiny/road-1" "$TMP/plus/y"
+cp -r "$FIX/adapters/base-tiny/road-1" "$TMP/plus/x+y"
+cat >"$TMP/plus.jsonl" <<EOF
+{"id": "s", "adapter": ["$TMP/plus/x", "$TMP/plus/y"], "prompt_ids": [1, 2, 3], "max_tokens": 6}
+{"id": "p", "adapter": "$TMP/plus/x+y", "prompt_ids": [1, 2, 3], "max_tokens": 6}
+{"id": "q", "adapter": "$TMP/plus/y", "prompt_ids": [1, 2, 3], "max_tokens": 6}
+EOF
+run eval --model "$FIX/base-tiny" --requests "$TMP/plus.jsonl" --batch 1 --out "$TMP/plus.out" -q
+check_rc "eval of a stack beside a directory named like it" 0
+check "the directory x+y runs as the same weights under y do" \
+    "$(py field "$TMP/plus.out" q completion_tokens) $(py field "$TMP/plus.out" q finish)" \
+    "$(py field "$TMP/plus.out" p completion_tokens) $(py field "$TMP/plus.out" p finish)"
+# an --out that is not an eval result file is refused, untouched
+printf 'first line of something else\n{"id": "a"}\npartial' >"$TMP/foreign.txt"
+cp "$TMP/foreign.txt" "$TMP/foreign.orig"
+run eval --model "$FIX/base-tiny" --requests "$TMP/plus.jsonl" --out "$TMP/foreign.txt" -q
+check_rc "an --out whose lines are not eval results is refused" 1
+check_has "the refusal names the file" "foreign.txt" "$err"
+if cmp -s "$TMP/foreign.txt" "$TMP/foreign.orig"; then pass "the foreign --out is left as it was"
+else fail "the foreign --out is left as it was" "$(od -c "$TMP/foreign.txt" | head -5)"; fi
+
 echo "$npass passed, $nfail failed"
 [ "$nfail" -eq 0 ]
