@@ -155,6 +155,25 @@ int cmd_check_tags(const char *const *usage, const char *what, const char *const
 /* "name@3" into buf. */
 const char *cmd_ref_str(const actl_entry *e, char *buf, size_t len);
 
+/* Monotonic seconds, for timing a command's work. */
+double cmd_seconds_now(void);
+
+/* Whether p names a directory (following links). */
+int cmd_is_dir(const char *p);
+
+/* The tokenizer a decoder command uses: path when given, else the one in
+ * the model's directory (tokenizer.json, tokenizer.model, vocab.json,
+ * encoder.json or tokenizer.bin, as actl_tokenizer_load looks for them);
+ * *out NULL without an error when the model is a file or its directory
+ * holds none. */
+int cmd_load_tokenizer(const char *model, const char *path, actl_tokenizer **out);
+
+/* s[0, n) as valid UTF-8 for a JSON string: every byte that begins no
+ * well-formed sequence (a lone continuation byte, a cut or overlong
+ * sequence, a surrogate) and every NUL becomes U+FFFD, as HF's decode does.
+ * malloc'd, NUL-terminated; NULL when out of memory. */
+char *cmd_utf8_clean(const char *s, size_t n);
+
 /* "512 B", "14.0 KiB", "3.2 MiB". */
 const char *cmd_human_size(uint64_t n, char *buf, size_t len);
 

@@ -43,74 +43,6 @@ static const char *const eval_usage[] = {
     NULL,
 };
 
-static double seconds_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int is_dir(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-/* The tokenizer: --tokenizer, else the model's directory when it holds one
- * (as generate finds it). NULL without an error when there is none. */
-static int load_tokenizer(const char *model, const char *path, actl_tokenizer **out)
-{
-    *out = NULL;
-    if (path)
-        return actl_tokenizer_load(path, NULL, out);
-    if (!is_dir(model))
-        return ACTL_OK;
-    static const char *const names[] = {"tokenizer.json", "tokenizer.model", "vocab.json",
-                                        "tokenizer.bin"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        char p[4096];
-        struct stat st;
-        if ((size_t)snprintf(p, sizeof p, "%s/%s", model, names[i]) < sizeof p &&
-            stat(p, &st) == 0)
-            return actl_tokenizer_load(model, NULL, out);
-    }
-    return ACTL_OK;
-}
-
-/* s as valid UTF-8 (a byte that begins no well-formed sequence becomes
- * U+FFFD), so that jansson takes it and the text matches generate --json's. */
-static char *utf8_clean(const char *s)
-{
-    size_t n = strlen(s);
-    char *o = malloc(3 * n + 1), *w = o;
-    if (!o)
-        return NULL;
-    const unsigned char *p = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        unsigned c = p[i];
-        size_t len = c < 0x80 ? 1 : c >= 0xC2 && c < 0xE0 ? 2 : c >= 0xE0 && c < 0xF0 ? 3
-                   : c >= 0xF0 && c < 0xF5 ? 4 : 0;
-        bool ok = len > 0 && i + len <= n;
-        for (size_t k = 1; ok && k < len; k++)
-            ok = (p[i + k] & 0xC0) == 0x80;
-        if (ok && len == 3)
-            ok = !(c == 0xE0 && p[i + 1] < 0xA0) && !(c == 0xED && p[i + 1] >= 0xA0);
-        if (ok && len == 4)
-            ok = !(c == 0xF0 && p[i + 1] < 0x90) && !(c == 0xF4 && p[i + 1] >= 0x90);
-        if (ok) {
-            memcpy(w, p + i, len);
-            w += len;
-            i += len;
-        } else {
-            memcpy(w, "\xEF\xBF\xBD", 3);
-            w += 3;
-            i++;
-        }
-    }
-    *w = 0;
-    return o;
-}
-
 /* A growable list of malloc'd strings. */
 struct strs {
     char **v;
@@ -252,7 +184,7 @@ static int on_result(const actl_eval_result *r, void *vctx)
         st->failed++;
         return ACTL_OK;
     }
-    char *text = r->text ? utf8_clean(r->text) : NULL;
+    char *text = r->text ? cmd_utf8_clean(r->text, strlen(r->text)) : NULL;
     if (r->text && !text)
         return ACTL_ENOMEM;
     json_t *o = json_object();
@@ -300,7 +232,7 @@ static void on_progress(uint64_t done, uint64_t total, void *vctx)
     struct cmd_progress *p = &st->prog;
     if (!p->enabled)
         return;
-    double now = seconds_now(), el = now - p->start;
+    double now = cmd_seconds_now(), el = now - p->start;
     if (!(total && done >= total) && p->last_draw >= 0 && now - p->last_draw < 0.1)
         return;
     p->last_draw = now;
@@ -429,7 +361,7 @@ static int needs_store(const actl_eval_reqs *l)
     for (size_t i = 0; i < n; i++) {
         const actl_eval_req *r = actl_eval_reqs_get(l, i);
         for (size_t k = 0; k < r->n_adapter; k++)
-            if (strcmp(r->adapter[k], "none") != 0 && !is_dir(r->adapter[k]))
+            if (strcmp(r->adapter[k], "none") != 0 && !cmd_is_dir(r->adapter[k]))
                 return 1;
     }
     return 0;
@@ -552,7 +484,7 @@ int cmd_eval(int argc, char **argv, struct cmd_ctx *ctx)
         skip[i] = done.v[i];
 
     if ((lrc = actl_model_load(model_path, 0, &model)) != ACTL_OK ||
-        (lrc = load_tokenizer(model_path, tok_path, &tok)) != ACTL_OK) {
+        (lrc = cmd_load_tokenizer(model_path, tok_path, &tok)) != ACTL_OK) {
         rc = cmd_lib_error(lrc);
         goto out;
     }

@@ -41,19 +41,6 @@ static const char *const generate_usage[] = {
     NULL,
 };
 
-static double seconds_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int is_dir(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 static int parse_float(const char *s, double min, double max, double *out)
 {
     char *end;
@@ -92,27 +79,6 @@ static int parse_ids(const char *s, int32_t **ids, size_t *n)
     *ids = v;
     *n = k;
     return 0;
-}
-
-/* The tokenizer: --tokenizer, else the model's directory when it holds one.
- * NULL without an error when there is none to find. */
-static int load_tokenizer(const char *model, const char *path, actl_tokenizer **out)
-{
-    *out = NULL;
-    if (path)
-        return actl_tokenizer_load(path, NULL, out);
-    if (!is_dir(model))
-        return ACTL_OK;
-    static const char *const names[] = {"tokenizer.json", "tokenizer.model", "vocab.json",
-                                        "tokenizer.bin"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        char p[4096];
-        struct stat st;
-        if ((size_t)snprintf(p, sizeof p, "%s/%s", model, names[i]) < sizeof p &&
-            stat(p, &st) == 0)
-            return actl_tokenizer_load(model, NULL, out);
-    }
-    return ACTL_OK;
 }
 
 /* The text printed so far and what is held back: bytes of a UTF-8 sequence
@@ -171,42 +137,6 @@ static void text_flush(struct out_text *t, int all)
         fflush(stdout);
         t->printed = end;
     }
-}
-
-/* s[0, n) as valid UTF-8: every byte that does not begin a well-formed
- * sequence (a lone continuation byte, a cut or overlong sequence, a
- * surrogate) becomes U+FFFD, as HF's decode does. malloc'd, NUL-terminated. */
-static char *utf8_clean(const char *s, size_t n)
-{
-    char *o = malloc(3 * n + 1), *w = o;
-    if (!o)
-        return NULL;
-    const unsigned char *p = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        unsigned c = p[i];
-        size_t len = c < 0x80 ? 1 : c >= 0xC2 && c < 0xE0 ? 2 : c >= 0xE0 && c < 0xF0 ? 3
-                   : c >= 0xF0 && c < 0xF5 ? 4 : 0;
-        bool ok = len > 0 && i + len <= n;
-        for (size_t k = 1; ok && k < len; k++)
-            ok = (p[i + k] & 0xC0) == 0x80;
-        if (ok && len == 3) /* overlong or a surrogate */
-            ok = !(c == 0xE0 && p[i + 1] < 0xA0) && !(c == 0xED && p[i + 1] >= 0xA0);
-        if (ok && len == 4) /* overlong or beyond U+10FFFF */
-            ok = !(c == 0xF0 && p[i + 1] < 0x90) && !(c == 0xF4 && p[i + 1] >= 0x90);
-        if (c == 0) /* JSON text cannot hold NUL through json_string */
-            ok = false, len = 1;
-        if (ok) {
-            memcpy(w, p + i, len);
-            w += len;
-            i += len;
-        } else {
-            memcpy(w, "\xEF\xBF\xBD", 3);
-            w += 3;
-            i++;
-        }
-    }
-    *w = 0;
-    return o;
 }
 
 /* Appends token id's text after prev (-1: none) as the library builds a
@@ -325,7 +255,7 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
     rc = CMD_FAIL;
 
     if ((lrc = actl_model_load(model_path, widen ? ACTL_MODEL_WIDEN : 0, &model)) != ACTL_OK ||
-        (lrc = load_tokenizer(model_path, tok_path, &tok)) != ACTL_OK) {
+        (lrc = cmd_load_tokenizer(model_path, tok_path, &tok)) != ACTL_OK) {
         rc = cmd_lib_error(lrc);
         goto out;
     }
@@ -404,7 +334,7 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
                 rc = cmd_usage_error(generate_usage, "%s", actl_errmsg());
                 goto out;
             }
-            if (!is_dir(ref) && !s && (rc = cmd_store_open(ctx, &s)) != CMD_OK) {
+            if (!cmd_is_dir(ref) && !s && (rc = cmd_store_open(ctx, &s)) != CMD_OK) {
                 free(ref);
                 goto out;
             }
@@ -462,7 +392,7 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
     text_flush(&text, 0);
     size_t prompt_text = text.len;
 
-    double t0 = seconds_now();
+    double t0 = cmd_seconds_now();
     size_t done = 0;
     const char *stopped_at = NULL;
     while (actl_batch_finished(batch, seq) == ACTL_RUNNING && n_new > 0) {
@@ -497,7 +427,7 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
             break;
         text_flush(&text, 0);
     }
-    double secs = seconds_now() - t0;
+    double secs = cmd_seconds_now() - t0;
     const int32_t *out_ids = NULL;
     const float *lp = NULL;
     size_t n_out = actl_batch_tokens(batch, seq, &out_ids, &lp);
@@ -519,7 +449,8 @@ int cmd_generate(int argc, char **argv, struct cmd_ctx *ctx)
         }
         json_t *txt = json_null();
         if (tok) {
-            char *u = utf8_clean(text.buf ? text.buf + prompt_text : "", text.len - prompt_text);
+            char *u = cmd_utf8_clean(text.buf ? text.buf + prompt_text : "",
+                                     text.len - prompt_text);
             json_decref(txt);
             txt = u ? json_string(u) : NULL;
             free(u);

@@ -73,13 +73,6 @@ static void restore_signals(const struct sigaction old[N_MERGE_SIGNALS])
         sigaction(merge_signals[i], &old[i], NULL);
 }
 
-static double seconds_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int parse_dtype(const char *s, int *out)
 {
     static const struct {
@@ -99,12 +92,6 @@ static int parse_dtype(const char *s, int *out)
 static const char *dtype_word(int dt)
 {
     return dt == ACTL_F32 ? "f32" : dt == ACTL_F16 ? "f16" : dt == ACTL_BF16 ? "bf16" : NULL;
-}
-
-static int is_dir(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 static int print_result(const struct cmd_ctx *ctx, const char *base, const char *out,
@@ -195,7 +182,7 @@ int cmd_merge(int argc, char **argv, struct cmd_ctx *ctx)
             goto out;
         }
         /* The store is opened (and made) only when something names it. */
-        if (!is_dir(ref) && !s && (rc = cmd_store_open(ctx, &s)) != CMD_OK) {
+        if (!cmd_is_dir(ref) && !s && (rc = cmd_store_open(ctx, &s)) != CMD_OK) {
             free(ref);
             goto out;
         }
@@ -221,9 +208,9 @@ int cmd_merge(int argc, char **argv, struct cmd_ctx *ctx)
     catch_signals(old);
     /* sig_atomic_t is int on the platforms we build for */
     o.cancel = (const volatile int *)&interrupted_by;
-    double t0 = seconds_now();
+    double t0 = cmd_seconds_now();
     int lrc = actl_merge(base, out, in, n, &o, &r);
-    double secs = seconds_now() - t0;
+    double secs = cmd_seconds_now() - t0;
     restore_signals(old);
     cmd_progress_end(&bar);
     if (lrc != ACTL_OK && interrupted_by) {

@@ -3,8 +3,10 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -497,4 +499,71 @@ void cmd_progress_end(struct cmd_progress *p)
     fprintf(stderr, "\r%*s\r", p->shown, "");
     fflush(stderr);
     p->shown = 0;
+}
+
+/* ---- what the decoder commands share ----------------------------------- */
+
+double cmd_seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int cmd_is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int cmd_load_tokenizer(const char *model, const char *path, actl_tokenizer **out)
+{
+    *out = NULL;
+    if (path)
+        return actl_tokenizer_load(path, NULL, out);
+    if (!cmd_is_dir(model))
+        return ACTL_OK;
+    static const char *const names[] = {"tokenizer.json", "tokenizer.model", "vocab.json",
+                                        "encoder.json", "tokenizer.bin"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char p[4096];
+        struct stat st;
+        if ((size_t)snprintf(p, sizeof p, "%s/%s", model, names[i]) < sizeof p &&
+            stat(p, &st) == 0)
+            return actl_tokenizer_load(model, NULL, out);
+    }
+    return ACTL_OK;
+}
+
+char *cmd_utf8_clean(const char *s, size_t n)
+{
+    char *o = malloc(3 * n + 1), *w = o;
+    if (!o)
+        return NULL;
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        size_t len = c < 0x80 ? 1 : c >= 0xC2 && c < 0xE0 ? 2 : c >= 0xE0 && c < 0xF0 ? 3
+                   : c >= 0xF0 && c < 0xF5 ? 4 : 0;
+        bool ok = len > 0 && i + len <= n;
+        for (size_t k = 1; ok && k < len; k++)
+            ok = (p[i + k] & 0xC0) == 0x80;
+        if (ok && len == 3) /* overlong or a surrogate */
+            ok = !(c == 0xE0 && p[i + 1] < 0xA0) && !(c == 0xED && p[i + 1] >= 0xA0);
+        if (ok && len == 4) /* overlong or beyond U+10FFFF */
+            ok = !(c == 0xF0 && p[i + 1] < 0x90) && !(c == 0xF4 && p[i + 1] >= 0x90);
+        if (c == 0) /* JSON text cannot hold NUL through json_string */
+            ok = false, len = 1;
+        if (ok) {
+            memcpy(w, p + i, len);
+            w += len;
+            i += len;
+        } else {
+            memcpy(w, "\xEF\xBF\xBD", 3);
+            w += 3;
+            i++;
+        }
+    }
+    *w = 0;
+    return o;
 }

@@ -55,40 +55,7 @@ static int teardown(void **state)
 
 static double tget(const actl_tensor *t, size_t i)
 {
-    const unsigned char *p = actl_tensor_data(t);
-    switch (actl_tensor_dtype(t)) {
-    case ACTL_F32: {
-        float f;
-        memcpy(&f, p + 4 * i, 4);
-        return f;
-    }
-    case ACTL_BF16: {
-        uint32_t u = (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        return f;
-    }
-    case ACTL_F16: {
-        unsigned h = (unsigned)(p[2 * i] | p[2 * i + 1] << 8);
-        int e = (int)(h >> 10 & 31u);
-        double m = h & 1023u, v;
-        if (e == 0)
-            v = ldexp(m, -24);
-        else if (e == 31)
-            v = m ? NAN : INFINITY;
-        else
-            v = ldexp(1024 + m, e - 25);
-        return h & 0x8000u ? -v : v;
-    }
-    case ACTL_I32: {
-        int32_t x;
-        memcpy(&x, p + 4 * i, 4);
-        return x;
-    }
-    default:
-        fail_msg("dtype %d in a test tensor", (int)actl_tensor_dtype(t));
-        return 0;
-    }
+    return test_value(actl_tensor_dtype(t), actl_tensor_data(t), i);
 }
 
 static uint64_t lcg_state = 0x9e3779b97f4a7c15ull;

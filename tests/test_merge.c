@@ -29,48 +29,6 @@
 
 /* ---- numbers, decoded and rounded by this file ---------------------------- */
 
-static double dec(actl_dtype dt, const unsigned char *p, size_t i)
-{
-    switch (dt) {
-    case ACTL_F32: {
-        float f;
-        memcpy(&f, p + 4 * i, 4);
-        return f;
-    }
-    case ACTL_BF16: {
-        uint32_t u = (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        return f;
-    }
-    case ACTL_F16: {
-        unsigned h = (unsigned)(p[2 * i] | p[2 * i + 1] << 8);
-        int e = (int)(h >> 10 & 31u);
-        double m = h & 1023u, v;
-        if (e == 0)
-            v = ldexp(m, -24);
-        else if (e == 31)
-            v = m ? NAN : INFINITY;
-        else
-            v = ldexp(1024 + m, e - 25);
-        return h & 0x8000u ? -v : v;
-    }
-    case ACTL_F64: {
-        double d;
-        memcpy(&d, p + 8 * i, 8);
-        return d;
-    }
-    case ACTL_I32: {
-        int32_t x;
-        memcpy(&x, p + 4 * i, 4);
-        return x;
-    }
-    default:
-        fail_msg("dtype %d in a test tensor", (int)dt);
-        return 0;
-    }
-}
-
 /* x rounded to nearest (ties to even) with `bits` significant bits and the
  * smallest normal exponent emin (below it the step stays 2^(emin-bits+1)). */
 static double round_sig(double x, int bits, int emin)
@@ -171,7 +129,7 @@ static model model_load(const char *path)
         memcpy(x->raw, actl_tensor_data(t), x->nbytes);
         x->v = malloc((size_t)(x->numel + 1) * sizeof(double));
         for (int64_t k = 0; k < x->numel; k++)
-            x->v[k] = dec(x->dt, x->raw, (size_t)k);
+            x->v[k] = test_value(x->dt, x->raw, (size_t)k);
         x->shard = strdup(actl_ckpt_shard_of(ck, i));
     }
     actl_ckpt_close(ck);
@@ -210,7 +168,7 @@ static double *getv(const actl_adapter *a, const char *key, int64_t *d0, int64_t
     int64_t n = actl_tensor_numel(t);
     double *v = malloc((size_t)(n + 1) * sizeof *v);
     for (int64_t i = 0; i < n; i++)
-        v[i] = dec(actl_tensor_dtype(t), actl_tensor_data(t), (size_t)i);
+        v[i] = test_value(actl_tensor_dtype(t), actl_tensor_data(t), (size_t)i);
     if (d0)
         *d0 = actl_tensor_ndim(t) > 0 ? actl_tensor_shape(t)[0] : 1;
     if (d1)
@@ -356,7 +314,7 @@ static void ref_apply(model *M, const actl_adapter *a, double w)
         assert_non_null(X);
         X->touched = 1;
         for (int64_t k = 0; k < X->numel; k++)
-            X->v[k] = (1 - w) * X->v[k] + w * dec(actl_tensor_dtype(t), actl_tensor_data(t), (size_t)k);
+            X->v[k] = (1 - w) * X->v[k] + w * test_value(actl_tensor_dtype(t), actl_tensor_data(t), (size_t)k);
     }
     for (size_t m = 0; m < actl_adapter_module_count(a); m++) {
         actl_module_info mi;

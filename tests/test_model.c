@@ -27,39 +27,6 @@
 
 /* ---- numbers, decoded by this file ------------------------------------------ */
 
-static double dec(actl_dtype dt, const void *data, size_t i)
-{
-    const unsigned char *p = data;
-    switch (dt) {
-    case ACTL_F32: {
-        float f;
-        memcpy(&f, p + 4 * i, 4);
-        return f;
-    }
-    case ACTL_BF16: {
-        uint32_t u = (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        return f;
-    }
-    case ACTL_F16: {
-        unsigned h = (unsigned)(p[2 * i] | p[2 * i + 1] << 8);
-        int e = (int)(h >> 10 & 31u);
-        double m = h & 1023u, v;
-        if (e == 0)
-            v = ldexp(m, -24);
-        else if (e == 31)
-            v = m ? NAN : INFINITY;
-        else
-            v = ldexp(1024 + m, e - 25);
-        return h & 0x8000u ? -v : v;
-    }
-    default:
-        fail_msg("dec: dtype %d", (int)dt);
-    }
-    return 0;
-}
-
 /* The value this file writes at index i of the tensor `name`: k/16, k in [-16, 16]. */
 static float gval(const char *name, size_t i)
 {
@@ -188,9 +155,9 @@ static void assert_f32_values(const float *got, const char *name, size_t n)
 static void assert_tensor_values(const actl_tensor *t, const char *name)
 {
     for (size_t i = 0; i < (size_t)actl_tensor_numel(t); i++)
-        if (dec(actl_tensor_dtype(t), actl_tensor_data(t), i) != gval(name, i))
+        if (test_value(actl_tensor_dtype(t), actl_tensor_data(t), i) != gval(name, i))
             fail_msg("%s[%zu] = %g, wrote %g", name, i,
-                     dec(actl_tensor_dtype(t), actl_tensor_data(t), i), gval(name, i));
+                     test_value(actl_tensor_dtype(t), actl_tensor_data(t), i), gval(name, i));
 }
 
 /* ---- HF: the fixtures ---------------------------------------------------------- */
@@ -335,15 +302,15 @@ static void test_model__hf_bf16_kept_as_stored_or_widened(void **state)
         assert_int_equal(actl_tensor_dtype(k), ACTL_BF16);
         assert_int_equal(actl_tensor_dtype(w), ACTL_F32);
         for (size_t i = 0; i < (size_t)actl_tensor_numel(k); i++)
-            assert_true(dec(ACTL_BF16, actl_tensor_data(k), i) ==
-                        dec(ACTL_F32, actl_tensor_data(w), i));
+            assert_true(test_value(ACTL_BF16, actl_tensor_data(k), i) ==
+                        test_value(ACTL_F32, actl_tensor_data(w), i));
     }
     /* Norms are F32 either way, equal to the stored BF16 values. */
     actl_st *st = NULL;
     assert_ok(actl_st_open(HF_TINY "/model.safetensors", &st));
     const actl_tensor *n0 = actl_st_find(st, "model.layers.1.post_attention_layernorm.weight");
     for (size_t i = 0; i < 16; i++) {
-        assert_true(kept->layers[1].ffn_norm[i] == dec(ACTL_BF16, actl_tensor_data(n0), i));
+        assert_true(kept->layers[1].ffn_norm[i] == test_value(ACTL_BF16, actl_tensor_data(n0), i));
         assert_true(wide->layers[1].ffn_norm[i] == kept->layers[1].ffn_norm[i]);
     }
     /* embed_row widens the stored row. */
@@ -351,10 +318,10 @@ static void test_model__hf_bf16_kept_as_stored_or_widened(void **state)
     float row[16];
     actl__embed_row(kept, 2999, row);
     for (size_t i = 0; i < 16; i++)
-        assert_true(row[i] == dec(ACTL_BF16, actl_tensor_data(e), 2999 * 16 + i));
+        assert_true(row[i] == test_value(ACTL_BF16, actl_tensor_data(e), 2999 * 16 + i));
     actl__embed_row(wide, 2999, row);
     for (size_t i = 0; i < 16; i++)
-        assert_true(row[i] == dec(ACTL_BF16, actl_tensor_data(e), 2999 * 16 + i));
+        assert_true(row[i] == test_value(ACTL_BF16, actl_tensor_data(e), 2999 * 16 + i));
     actl_st_close(st);
     actl_model_free(kept);
     actl_model_free(wide);
@@ -896,7 +863,7 @@ static void check_linear(const actl_tensor *W, const float *x, int64_t rows, con
         for (int64_t o = 0; o < out; o++) {
             double s = y0 ? y0[r * out + o] : 0, mag = y0 ? fabs(y0[r * out + o]) : 0;
             for (int64_t i = 0; i < in; i++) {
-                double w = dec(actl_tensor_dtype(W), actl_tensor_data(W), (size_t)(o * in + i));
+                double w = test_value(actl_tensor_dtype(W), actl_tensor_data(W), (size_t)(o * in + i));
                 s += (double)x[r * in + i] * w;
                 mag += fabs((double)x[r * in + i] * w);
             }

@@ -3,6 +3,7 @@
 #define ACTL_TESTUTIL_H
 
 #include <dirent.h>
+#include <math.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -19,6 +20,52 @@
 #include <cmocka.h>
 
 #include "adapterctl.h"
+
+/* Element i of stored tensor bytes as a double, decoded here from the
+ * formats' definitions (F16 by its bit fields, BF16 as the high half of an
+ * F32), independently of the library's conversions. */
+static inline double test_value(actl_dtype dt, const void *data, size_t i)
+{
+    const unsigned char *p = data;
+    switch (dt) {
+    case ACTL_F32: {
+        float f;
+        memcpy(&f, p + 4 * i, 4);
+        return f;
+    }
+    case ACTL_BF16: {
+        uint32_t u = (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    case ACTL_F16: {
+        unsigned h = (unsigned)(p[2 * i] | p[2 * i + 1] << 8);
+        int e = (int)(h >> 10 & 31u);
+        double m = h & 1023u, v;
+        if (e == 0)
+            v = ldexp(m, -24);
+        else if (e == 31)
+            v = m ? NAN : INFINITY;
+        else
+            v = ldexp(1024 + m, e - 25);
+        return h & 0x8000u ? -v : v;
+    }
+    case ACTL_F64: {
+        double d;
+        memcpy(&d, p + 8 * i, 8);
+        return d;
+    }
+    case ACTL_I32: {
+        int32_t x;
+        memcpy(&x, p + 4 * i, 4);
+        return x;
+    }
+    default:
+        fail_msg("dtype %d in a test tensor", (int)dt);
+        return 0;
+    }
+}
 
 /* Paths relative to the repository root; tests run from there. */
 #define FIXTURES "fixtures"
