@@ -5,6 +5,10 @@
 #   make test [SAN=1]     cmocka unit tests and CLI tests (SAN=1: ASan + UBSan build)
 #   make demo             the main job on the default store: add, list, show, publish, pull
 #   make bench            benchmarks (tests/bench), figures beside a baseline
+#   make fuzz [FUZZ_SECONDS=N | FUZZ_RUNS=N]
+#                         every libFuzzer harness in tests/fuzz (clang, ASan + UBSan),
+#                         each for N seconds (default 60) or N executions
+#   make stress           the fault-injection and concurrency suites at full counts
 #   make fixtures         regenerate fixtures/ with the deterministic generator
 #   make install PREFIX=/usr/local [DESTDIR=...]
 
@@ -19,7 +23,14 @@ DEB_PKGS := pkg-config libsqlite3-dev libzstd-dev libcurl4-openssl-dev libopenbl
             nginx curl
 PKGS := sqlite3 libzstd libcurl openblas lapacke jansson libcrypto libpcre2-8 libutf8proc
 
-ifeq ($(SAN),1)
+# FUZZ=1 is the build `make fuzz` makes: clang, the library instrumented for
+# libFuzzer's coverage, ASan + UBSan.
+ifeq ($(FUZZ),1)
+BUILD := build-fuzz
+CC := clang
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+CFLAGS := -O2 -g -fsanitize=fuzzer-no-link
+else ifeq ($(SAN),1)
 BUILD := build-san
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 else
@@ -39,6 +50,7 @@ CMD_SRC := $(sort $(wildcard cmd/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 BENCH_SRC := $(sort $(wildcard tests/bench/*.c))
 BENCH_SH := $(sort $(wildcard tests/bench/*.sh))
+FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 SQL_SRC := $(sort $(wildcard schema/*.sql))
 
 # schema/NNNN_name.sql become one C array, {number, name, sql} in order,
@@ -48,6 +60,11 @@ LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC)) $(BUILD)/gen/schema.o
 CMD_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(CMD_SRC))
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_BIN := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+# Each harness twice: linked with libFuzzer (the FUZZ=1 build), and with
+# tests/fuzz/replay.c, which runs it over files (seeds and every crash found
+# so far, tests/fuzz/regress/) in `make test`.
+FUZZ_BIN := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
+REPLAY_BIN := $(patsubst tests/fuzz/%.c,$(BUILD)/replay/%,$(FUZZ_SRC))
 
 STATIC := $(BUILD)/libadapterctl.a
 SONAME := libadapterctl.so.$(shell sed -n 's/^#define ACTL_VERSION_MAJOR //p' lib/adapterctl.h)
@@ -55,7 +72,8 @@ SHARED := $(BUILD)/$(SONAME)
 BIN := $(BUILD)/adapterctl
 GEN := $(BUILD)/gen-fixtures
 
-.PHONY: all build deps test check run-tests demo run-demo bench run-bench fixtures install clean
+.PHONY: all build deps test check run-tests demo run-demo bench run-bench fixtures install clean \
+        fuzz run-fuzz fuzz-build stress run-stress
 .DEFAULT_GOAL := all
 
 all: deps
@@ -136,6 +154,14 @@ $(BUILD)/bench/%: tests/bench/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(PKG_LIBS) $(LDFLAGS_ALL)
 
+$(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -Itests/fuzz -o $@ $< $(STATIC) $(PKG_LIBS) $(LDFLAGS_ALL)
+
+$(BUILD)/replay/%: tests/fuzz/%.c tests/fuzz/replay.c tests/fuzz/fuzz.h $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests/fuzz -o $@ $< tests/fuzz/replay.c $(STATIC) $(PKG_LIBS) $(LDFLAGS_ALL)
+
 $(GEN): $(wildcard fixtures/*.c fixtures/*.h) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Ifixtures -o $@ $(wildcard fixtures/*.c) $(STATIC) $(PKG_LIBS) $(LDFLAGS_ALL)
@@ -143,7 +169,7 @@ $(GEN): $(wildcard fixtures/*.c fixtures/*.h) $(STATIC)
 test check: deps
 	@$(MAKE) --no-print-directory run-tests
 
-run-tests: build $(TEST_BIN) $(GEN)
+run-tests: build $(TEST_BIN) $(GEN) $(REPLAY_BIN)
 	@ACTL_BUILD=$(BUILD) bash tests/run.sh $(TEST_BIN)
 
 demo: deps
@@ -159,6 +185,27 @@ bench: deps
 run-bench: build $(BENCH_BIN)
 	@set -e; for b in $(BENCH_BIN); do echo "== $$b"; $$b; done; \
 	for b in $(BENCH_SH); do echo "== $$b"; bash $$b $(BIN); done
+
+# The harnesses need clang and its libFuzzer runtime.
+fuzz: deps
+	@$(MAKE) --no-print-directory DEB_PKGS="clang libclang-rt-14-dev" deps
+	@$(MAKE) --no-print-directory FUZZ=1 run-fuzz
+
+fuzz-build: $(FUZZ_BIN)
+
+FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?=
+FUZZ_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+run-fuzz: $(FUZZ_BIN) $(BIN)
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_JOBS=$(FUZZ_JOBS) \
+	  bash tests/fuzz/run.sh $(FUZZ_BIN)
+
+stress: deps
+	@$(MAKE) --no-print-directory run-stress
+
+run-stress: build $(GEN)
+	@set -e; for t in tests/cli/test_store_stress.sh tests/cli/test_faults.sh tests/cli/test_concurrency.sh; do \
+	  echo "== $$t (full counts)"; STRESS_FULL=1 ADAPTERCTL=$(BIN) GEN_FIXTURES=$(PWD)/$(GEN) bash $$t; done
 
 fixtures: deps
 	@$(MAKE) --no-print-directory $(GEN)
@@ -176,4 +223,4 @@ install: all
 	    -e 's|@REQUIRES@|$(PKGS)|g' lib/adapterctl.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/adapterctl.pc
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz

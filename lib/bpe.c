@@ -239,11 +239,13 @@ static int bpe_put(bpe *b, int64_t id, const char *s, size_t len, bool level)
         b->arena = p;
         b->acap = c;
     }
-    char *dst = b->arena + b->alen;
-    if (level)
-        len = bl_decode(s, len, dst);
-    else if (len)
-        memcpy(dst, s, len);
+    if (len) { /* an empty token before any other leaves the arena NULL */
+        char *dst = b->arena + b->alen;
+        if (level)
+            len = bl_decode(s, len, dst);
+        else
+            memcpy(dst, s, len);
+    }
     b->start[id] = b->alen;
     b->len[id] = len;
     b->alen += len;
@@ -580,8 +582,13 @@ static int split(enc *e, size_t k, const char *s, size_t len)
         if (m < 0) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(m, msg, sizeof msg);
-            return actl__err(ACTL_EINVAL, "'%s': pre-tokenizer: %s", b->origin,
-                             (const char *)msg);
+            /* PCRE2's own limits (match 10^7 steps per call by default, depth,
+             * heap, the JIT's 32 KiB stack) stop a pattern that backtracks catastrophically: a limit,
+             * not a bad argument. */
+            bool lim = m == PCRE2_ERROR_MATCHLIMIT || m == PCRE2_ERROR_DEPTHLIMIT ||
+                       m == PCRE2_ERROR_HEAPLIMIT || m == PCRE2_ERROR_JIT_STACKLIMIT;
+            return actl__err(lim ? ACTL_ELIMIT : ACTL_EINVAL, "'%s': pre-tokenizer: %s",
+                             b->origin, (const char *)msg);
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md[k]);
         size_t ms = ov[0], me = ov[1];

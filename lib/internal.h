@@ -672,6 +672,18 @@ int actl__fetch_run_hooked(actl__fetch *f, const actl__fetch_hooks *h);
  * path ran. */
 extern size_t actl__pull_ahead;
 
+/* What actl_store_pull makes of its arguments before any byte moves, with
+ * the same checks and messages: *base the URL its files are fetched under,
+ * *name (without a ref) the adapter's local name; both malloc'd, NULL on
+ * failure. For tests and fuzzing. */
+int actl__pull_plan(const char *url, const char *ref, const actl_pull_opts *o, char **base,
+                    char **name);
+/* Parses and checks the text of a published index.json as a pull does,
+ * finding name@version in it (0: the newest); *found says whether it is
+ * there. `what` names the source in messages. For tests and fuzzing. */
+int actl__index_check(const char *what, const char *text, size_t len, const char *name,
+                      int64_t version, bool *found);
+
 /* actl_store_publish, and *stacks (may be NULL) gets the number of stack
  * entries left out of the index when refs is NULL or empty (a stack has no
  * pack of its own; named in refs, it is refused with ACTL_EUNSUPPORTED). */

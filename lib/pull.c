@@ -1767,30 +1767,23 @@ static int make_dir(const char *path)
                      errno == EEXIST ? "a file is in the way" : strerror(errno));
 }
 
-int actl_store_pull(actl_store *s, const char *url, const char *ref, const actl_pull_opts *o,
-                    actl_pull_result *out)
+/* Everything the caller can get wrong, before any byte moves: the URL, the
+ * ref, the expected digest, the name and the tags (p->sha, p->tag_* set).
+ * *base gets the URL the files are fetched under (malloc'd); without a ref,
+ * *name the adapter's local name (o->name, or the one the URL gives, kept
+ * in derived). */
+static int pull_plan(pull *p, const char *ref, char **base, char *derived, size_t dcap,
+                     const char **name)
 {
     int rc = ACTL_OK;
-    pull p;
-    char *base = NULL, derived[HF_NAME_MAX + NAME_CAP + 2];
-    actl_pull_opts defaults = actl_pull_default_opts();
-    memset(&p, 0, sizeof p);
-    if (!s || !url)
-        return actl__err(ACTL_EINVAL, "store pull: NULL argument");
-    if (!o)
-        o = &defaults;
-    p.s = s;
-    p.o = o;
-    p.url = url;
-    p.max = o->max_size ? o->max_size : ACTL_PULL_DEFAULT_MAX;
-    actl__quote(url, p.q, sizeof p.q);
+    const char *url = p->url;
+    const actl_pull_opts *o = p->o;
     bool hf = strncasecmp(url, "hf://", 5) == 0;
-
-    /* Everything the caller can get wrong, before any byte moves. */
-    if (strlen(url) > URL_LEN_MAX) {
-        rc = actl__err(ACTL_EINVAL, "URL '%s' is longer than %d characters", p.q, URL_LEN_MAX);
-        goto out;
-    }
+    *base = NULL;
+    *name = NULL;
+    derived[0] = '\0';
+    if (strlen(url) > URL_LEN_MAX)
+        return actl__err(ACTL_EINVAL, "URL '%s' is longer than %d characters", p->q, URL_LEN_MAX);
     if (o->sha256) {
         size_t n = strlen(o->sha256);
         bool ok = n == 64;
@@ -1798,53 +1791,98 @@ int actl_store_pull(actl_store *s, const char *url, const char *ref, const actl_
             ok = is_hex_digit(o->sha256[i]);
         if (!ok) {
             char q[ACTL__QUOTE_CAP];
-            rc = actl__err(ACTL_EINVAL, "expected SHA-256 '%s' is not 64 hexadecimal digits",
-                           actl__quote(o->sha256, q, sizeof q));
-            goto out;
+            return actl__err(ACTL_EINVAL, "expected SHA-256 '%s' is not 64 hexadecimal digits",
+                             actl__quote(o->sha256, q, sizeof q));
         }
         for (size_t i = 0; i < 64; i++)
-            p.sha[i] = (char)(o->sha256[i] >= 'A' && o->sha256[i] <= 'F'
-                                  ? o->sha256[i] - 'A' + 'a'
-                                  : o->sha256[i]);
-        p.sha[64] = '\0';
+            p->sha[i] = (char)(o->sha256[i] >= 'A' && o->sha256[i] <= 'F'
+                                   ? o->sha256[i] - 'A' + 'a'
+                                   : o->sha256[i]);
+        p->sha[64] = '\0';
     }
     if (o->name && (rc = actl_name_check(o->name)))
-        goto out;
-    if ((rc = actl__tags_parse(o->tags, &p.tag_keys, &p.tag_vals, &p.n_tags)))
-        goto out;
+        return rc;
+    if ((rc = actl__tags_parse(o->tags, &p->tag_keys, &p->tag_vals, &p->n_tags)))
+        return rc;
     if (ref) {
-        if (hf) {
-            rc = actl__err(ACTL_EINVAL,
-                           "'%s': a published store is an http, https or file URL, not hf://",
-                           p.q);
-            goto out;
-        }
+        if (hf)
+            return actl__err(ACTL_EINVAL,
+                             "'%s': a published store is an http, https or file URL, not hf://",
+                             p->q);
         char rname[NAME_CAP];
         int64_t rver;
         if ((rc = actl_ref_parse(ref, rname, sizeof rname, &rver)) ||
-            (rc = dir_url_check(url, p.q)))
-            goto out;
+            (rc = dir_url_check(url, p->q)))
+            return rc;
         size_t n = strlen(url);
         while (n > 1 && url[n - 1] == '/' && url[n - 2] != '/')
             n--; /* "http://h/store/" and "http://h/store" are one store */
-        if (!(base = strndup(url, n))) {
-            rc = actl__oom();
-            goto out;
-        }
-    } else if (hf) {
-        if ((rc = hf_resolve(&p, &base, derived)))
-            goto out;
-    } else {
-        if ((rc = dir_url_check(url, p.q)))
-            goto out;
-        if (!(base = strdup(url))) {
-            rc = actl__oom();
-            goto out;
-        }
-        url_last_component(url, derived, sizeof derived);
+        if (!(*base = strndup(url, n)))
+            return actl__oom();
+        return ACTL_OK;
     }
+    if (hf) {
+        if ((rc = hf_resolve(p, base, derived)))
+            return rc;
+    } else {
+        if ((rc = dir_url_check(url, p->q)))
+            return rc;
+        if (!(*base = strdup(url)))
+            return actl__oom();
+        url_last_component(url, derived, dcap);
+    }
+    if ((rc = pick_name(p, derived, name))) {
+        free(*base);
+        *base = NULL;
+    }
+    return rc;
+}
+
+static void pull_init(pull *p, actl_store *s, const char *url, const actl_pull_opts *o)
+{
+    memset(p, 0, sizeof *p);
+    p->s = s;
+    p->o = o;
+    p->url = url;
+    p->max = o->max_size ? o->max_size : ACTL_PULL_DEFAULT_MAX;
+    actl__quote(url, p->q, sizeof p->q);
+}
+
+int actl__pull_plan(const char *url, const char *ref, const actl_pull_opts *o, char **base,
+                    char **name)
+{
+    pull p;
+    char derived[HF_NAME_MAX + NAME_CAP + 2];
+    const char *nm = NULL;
+    actl_pull_opts defaults = actl_pull_default_opts();
+    *base = NULL;
+    *name = NULL;
+    if (!url)
+        return actl__err(ACTL_EINVAL, "pull plan: NULL argument");
+    pull_init(&p, NULL, url, o ? o : &defaults);
+    int rc = pull_plan(&p, ref, base, derived, sizeof derived, &nm);
+    if (!rc && nm && !(*name = strdup(nm))) {
+        free(*base);
+        *base = NULL;
+        rc = actl__oom();
+    }
+    free(p.tag_keys);
+    free(p.tag_vals);
+    return rc;
+}
+
+int actl_store_pull(actl_store *s, const char *url, const char *ref, const actl_pull_opts *o,
+                    actl_pull_result *out)
+{
+    int rc = ACTL_OK;
+    pull p;
+    char *base = NULL, derived[HF_NAME_MAX + NAME_CAP + 2];
     const char *name = NULL;
-    if (!ref && (rc = pick_name(&p, derived, &name)))
+    actl_pull_opts defaults = actl_pull_default_opts();
+    if (!s || !url)
+        return actl__err(ACTL_EINVAL, "store pull: NULL argument");
+    pull_init(&p, s, url, o ? o : &defaults);
+    if ((rc = pull_plan(&p, ref, &base, derived, sizeof derived, &name)))
         goto out;
     if (!(p.partial = actl__path_join(s->dir, ACTL_PARTIAL_DIR))) {
         rc = actl__oom();
@@ -1860,6 +1898,16 @@ out:
     free(p.partial);
     free(p.tag_keys);
     free(p.tag_vals);
+    return rc;
+}
+
+int actl__index_check(const char *what, const char *text, size_t len, const char *name,
+                      int64_t version, bool *found)
+{
+    json_t *root = NULL;
+    ix_entry pick;
+    int rc = index_parse(what, text, len, name, version, &root, &pick, found);
+    json_decref(root);
     return rc;
 }
 
