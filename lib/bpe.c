@@ -231,7 +231,9 @@ static int bpe_put(bpe *b, int64_t id, const char *s, size_t len, bool level)
                          (long long)id);
     if (len > SIZE_MAX / 2 - b->alen)
         return actl__oom();
-    while (b->alen + len > b->acap) {
+    /* The arena exists once any token is set, even an empty one: pieces
+     * point into it. */
+    while (b->alen + len > b->acap || !b->arena) {
         size_t c = b->acap ? 2 * b->acap : 1 << 16;
         char *p = realloc(b->arena, c);
         if (!p)
@@ -239,13 +241,11 @@ static int bpe_put(bpe *b, int64_t id, const char *s, size_t len, bool level)
         b->arena = p;
         b->acap = c;
     }
-    if (len) { /* an empty token before any other leaves the arena NULL */
-        char *dst = b->arena + b->alen;
-        if (level)
-            len = bl_decode(s, len, dst);
-        else
-            memcpy(dst, s, len);
-    }
+    char *dst = b->arena + b->alen;
+    if (level)
+        len = bl_decode(s, len, dst);
+    else if (len)
+        memcpy(dst, s, len);
     b->start[id] = b->alen;
     b->len[id] = len;
     b->alen += len;

@@ -10,6 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A requests file or dataset is read whole: 1 GiB is far past any eval set
+ * and still fits in memory. */
+#define REQS_FILE_LIMIT ((size_t)1 << 30)
+/* One JSONL line: jansson builds a tree several times the text's size, so a
+ * hostile line is refused before parsing; 16 MiB holds a prompt of millions
+ * of tokens. */
+#define REQS_LINE_MAX ((size_t)16 << 20)
+
 /* ---- scorers ---------------------------------------------------------- */
 
 static const char *const scorer_names[] = {"none", "number", "choice", "exact", "contains"};
@@ -631,7 +639,7 @@ int actl_eval_reqs_jsonl(const char *path, actl_problem_fn fn, void *ctx, actl_e
         goto out;
     }
     *out = NULL;
-    if ((rc = actl__read_file(path, (size_t)1 << 30, &data, &len)))
+    if ((rc = actl__read_file(path, REQS_FILE_LIMIT, &data, &len)))
         goto out;
     if (!(l = calloc(1, sizeof *l))) {
         rc = actl__oom();
@@ -651,12 +659,18 @@ int actl_eval_reqs_jsonl(const char *path, actl_problem_fn fn, void *ctx, actl_e
             continue;
         char what[64];
         snprintf(what, sizeof what, "line %lld", (long long)line);
-        int prc = actl__json_parse(s, n, what, &o);
+        int prc = n > REQS_LINE_MAX ? ACTL_ELIMIT : actl__json_parse(s, n, what, &o);
         if (prc == ACTL_ENOMEM) {
             rc = prc;
             goto out;
         }
-        if (prc) {
+        if (prc == ACTL_ELIMIT && n > REQS_LINE_MAX) {
+            if (!(why = actl__strdup_printf("%zu bytes, over the limit of %zu for a line", n,
+                                            REQS_LINE_MAX))) {
+                rc = actl__oom();
+                goto out;
+            }
+        } else if (prc) {
             if (!(why = actl__strdup_printf("%s", actl_errmsg() + strlen(what) + 2))) {
                 rc = actl__oom();
                 goto out;
@@ -743,7 +757,7 @@ int actl_eval_reqs_dataset(const char *path, const char *const *adapters, size_t
                 goto out;
             }
     }
-    if ((rc = actl__read_file(path, (size_t)1 << 30, &data, &len)))
+    if ((rc = actl__read_file(path, REQS_FILE_LIMIT, &data, &len)))
         goto out;
     {
         char what[ACTL__QUOTE_CAP + 8];

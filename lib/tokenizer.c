@@ -556,6 +556,12 @@ static int load_bin(const char *path, actl_tokenizer *t)
     size_t n = 0;
     for (size_t off = 4; off < size; n++) {
         int32_t l;
+        /* An empty token takes 8 bytes, so the 256 MiB file could hold 32M
+         * of them: cap the count as tokenizer.json's ids are capped. */
+        if (n == TOK_MAX_VOCAB) {
+            rc = actl__err(ACTL_ELIMIT, "'%s': more than %zu tokens", path, TOK_MAX_VOCAB);
+            goto out;
+        }
         if (size - off < 8) {
             rc = actl__err(ACTL_EFORMAT, "'%s': truncated at token %zu (offset %zu)", path, n,
                            off);
