@@ -1,7 +1,8 @@
 /* fuzz_pack: packs (the store's object format) and the codec frames inside
  * them. The first byte picks what the rest is:
  *   0  a codec frame: byte 1 the dtype, bytes 2-5 the raw size the caller
- *      expects (LE, below 1 MiB), then the frame, decoded;
+ *      expects (LE, below 64 KiB: the frame's own claims may be anything),
+ *      then the frame, decoded;
  *   1  raw tensor bytes: byte 1 the dtype, then the bytes, compressed and
  *      decompressed, which must give them back exactly;
  *   2  a pack's header JSON, a NUL, then its frames: the harness adds the
@@ -17,7 +18,7 @@ static void frame(const uint8_t *d, size_t n)
     if (n < 5)
         return;
     actl_dtype dt = (actl_dtype)(d[0] % ACTL_DTYPE_COUNT);
-    size_t raw = actl__get_le32(d + 1) % (1u << 20);
+    size_t raw = actl__get_le32(d + 1) % (1u << 16);
     unsigned char *dst = malloc(raw ? raw : 1);
     if (!dst)
         abort();
