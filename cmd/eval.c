@@ -175,6 +175,8 @@ struct run_state {
 static int on_result(const actl_eval_result *r, void *vctx)
 {
     struct run_state *st = vctx;
+    if (!st->out) /* closed after a failed write */
+        return ACTL_EIO;
     if (r->finish && strcmp(r->finish, "error") == 0) {
         /* not written: a rerun with the same --out tries it again (once the
          * adapter is added, say), and the exit status says the run is short */
@@ -209,6 +211,9 @@ static int on_result(const actl_eval_result *r, void *vctx)
     char *line = json_dumps(o, JSON_COMPACT);
     if (!line)
         goto out;
+    /* The size before this line: every earlier line was flushed whole. */
+    struct stat sb;
+    bool regular = st->out != stdout && fstat(fileno(st->out), &sb) == 0 && S_ISREG(sb.st_mode);
     /* one write per line and a flush: a kill loses at most the line being written */
     int ok = fprintf(st->out, "%s\n", line) >= 0 && fflush(st->out) == 0;
     free(line);
@@ -216,6 +221,16 @@ static int on_result(const actl_eval_result *r, void *vctx)
     if (!ok) {
         st->bad_write = errno ? errno : EIO;
         rc = ACTL_EIO;
+        /* A full disk or a size limit leaves part of the line written: cut
+         * the file back to its last whole line, so --out holds only complete
+         * results. Closed first, so that no buffered rest is written after. */
+        if (regular) {
+            fclose(st->out);
+            st->out = NULL;
+            if (truncate(st->out_name, sb.st_size) != 0)
+                cmd_error("'%s': cannot drop the unfinished last line: %s", st->out_name,
+                          strerror(errno));
+        }
     }
     st->tokens += r->completion_tokens;
 out:
@@ -526,7 +541,7 @@ int cmd_eval(int argc, char **argv, struct cmd_ctx *ctx)
     cmd_progress_end(&st.prog);
     if (lrc != ACTL_OK) {
         if (st.bad_write)
-            cmd_error("'%s': %s", st.out_name, strerror(st.bad_write));
+            cmd_error("cannot write '%s': %s", st.out_name, strerror(st.bad_write));
         else
             cmd_lib_error(lrc);
         goto out;

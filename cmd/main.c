@@ -6,6 +6,7 @@
 #include "cmd.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 
 /*
@@ -118,6 +119,13 @@ int main(int argc, char **argv)
 {
     struct cmd_ctx ctx = { 0 };
     int help = 0, version = 0, nargs;
+    /*
+     * A write past RLIMIT_FSIZE raises SIGXFSZ, whose default action kills the
+     * process without a word. Ignored, the write fails with EFBIG instead, and
+     * the usual error path reports the file, removes the partial output and
+     * leaves the store as it was.
+     */
+    signal(SIGXFSZ, SIG_IGN);
     const struct cmd_option opts[] = {
         CMD_OPT_STRING(0, "store", &ctx.store, "DIR",
                        "the store directory (default: $ADAPTERCTL_STORE, else "

@@ -363,6 +363,11 @@ int actl__db_err(const actl_store *s, int sqlite_rc, const char *what)
     default: code = ACTL_EIO; break;
     }
     const char *msg = s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(sqlite_rc);
+    /* SQLite says only "disk I/O error"; the system's reason (a full disk, a
+     * file size limit) is what the user can act on. */
+    int sys = s->db && (sqlite_rc & 0xff) == SQLITE_IOERR ? sqlite3_system_errno(s->db) : 0;
+    if (sys)
+        return actl__err(code, "'%s': %s: %s (%s)", s->db_path, what, msg, strerror(sys));
     return actl__err(code, "'%s': %s: %s", s->db_path, what, msg);
 }
 

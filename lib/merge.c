@@ -1878,7 +1878,7 @@ static int write_output(merge *mg)
                 fr = ftruncate(sh->out_fd, (off_t)sh->out_size) != 0 ? errno : 0;
         }
         if (fr) {
-            rc = actl__err(ACTL_EIO, "cannot allocate %llu bytes for '%s': %s",
+            rc = actl__err(ACTL_EIO, "cannot reserve %llu bytes on disk for '%s': %s",
                            (unsigned long long)sh->out_size, sh->out_path, strerror(fr));
             break;
         }
