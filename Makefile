@@ -27,7 +27,7 @@ PKGS := sqlite3 libzstd libcurl openblas lapacke jansson libcrypto libpcre2-8 li
 # libFuzzer's coverage, ASan + UBSan.
 ifeq ($(FUZZ),1)
 BUILD := build-fuzz
-CC := clang
+CC := clang-14
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 CFLAGS := -O2 -g -fsanitize=fuzzer-no-link
 else ifeq ($(SAN),1)
@@ -188,7 +188,7 @@ run-bench: build $(BENCH_BIN)
 
 # The harnesses need clang and its libFuzzer runtime.
 fuzz: deps
-	@$(MAKE) --no-print-directory DEB_PKGS="clang libclang-rt-14-dev" deps
+	@$(MAKE) --no-print-directory DEB_PKGS="clang-14 libclang-rt-14-dev" deps
 	@$(MAKE) --no-print-directory FUZZ=1 run-fuzz
 
 fuzz-build: $(FUZZ_BIN)

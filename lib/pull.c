@@ -1822,8 +1822,11 @@ static int pull_plan(pull *p, const char *ref, char **base, char *derived, size_
         return ACTL_OK;
     }
     if (hf) {
-        if ((rc = hf_resolve(p, base, derived)))
+        if ((rc = hf_resolve(p, base, derived))) {
+            free(*base); /* resolved, then refused by the URL check */
+            *base = NULL;
             return rc;
+        }
     } else {
         if ((rc = dir_url_check(url, p->q)))
             return rc;

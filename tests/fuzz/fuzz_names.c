@@ -2,8 +2,10 @@
  * text (up to its first NUL) as a URL to pull (with and without a ref, as
  * a published store or a PEFT directory or hf://), an adapter name, a
  * reference NAME[@V], an input spec NAME[@V][:W], a tag KEY=VALUE, and the
- * names of dtypes, kinds, compose methods and scorers. What the URL parts
- * accept must be what the name checks accept. */
+ * names of dtypes, kinds, compose methods and scorers. A URL accepted for a
+ * PEFT directory gives a base URL that passes the URL check and a local
+ * name that cannot leave the store: no '/', never "." or "..", at most 128
+ * bytes. */
 #include "fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -11,8 +13,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *s = fuzz_str(data, size);
     char *base = NULL, *name = NULL;
     if (actl__pull_plan(s, NULL, NULL, &base, &name) == ACTL_OK) {
-        if (!base || !name || actl_name_check(name) != ACTL_OK)
-            abort(); /* a derived name is one the store accepts */
+        if (!base || !name || !*name || strchr(name, '/') || strcmp(name, ".") == 0 ||
+            strcmp(name, "..") == 0 || strlen(name) > 128 || actl__url_check(base) != ACTL_OK)
+            abort();
+    } else if (base || name) {
+        abort(); /* nothing is handed out on failure */
     }
     free(base);
     free(name);

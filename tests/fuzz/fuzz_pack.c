@@ -8,8 +8,9 @@
  *   2  a pack's header JSON, a NUL, then its frames: the harness adds the
  *      prefix with a correct length and header checksum, so mutations reach
  *      the header's meaning and the frames instead of stopping at the
- *      checksum; read as a pull reads one (header, then frame by frame) and
- *      as the store loads one (the whole file);
+ *      checksum; read as a pull reads one (header, then frame by frame, then
+ *      the whole file checked taking the tensors decoded ahead) and as the
+ *      store loads one (the whole file);
  *   3  a whole pack file as it is, loaded and verified. */
 #include "fuzz.h"
 
@@ -18,7 +19,8 @@ static void frame(const uint8_t *d, size_t n)
     if (n < 5)
         return;
     actl_dtype dt = (actl_dtype)(d[0] % ACTL_DTYPE_COUNT);
-    size_t raw = actl__get_le32(d + 1) % (1u << 16);
+    size_t es = actl_dtype_size(dt);
+    size_t raw = actl__get_le32(d + 1) % (1u << 16) / es * es;
     unsigned char *dst = malloc(raw ? raw : 1);
     if (!dst)
         abort();
@@ -81,23 +83,34 @@ static void built(const uint8_t *d, size_t n)
     if (rest)
         memcpy(p + ACTL_PACK_PREFIX_LEN + padded, nul + 1, rest);
 
-    /* As a pull reads it: the head from the first bytes, then each frame. */
+    /* As a pull reads it: the head from the first bytes, then each frame,
+     * then the complete file checked, taking the tensors decoded ahead. */
+    const char *path = fuzz_file("built.pack", p, total);
     actl__pack_head *h = NULL;
     if (actl__pack_head_size(p) == ACTL_PACK_PREFIX_LEN + padded &&
-        actl__pack_head_parse(p, ACTL_PACK_PREFIX_LEN + padded, total, "fuzz.pack", &h) ==
-            ACTL_OK) {
-        for (size_t i = 0; i < actl__pack_head_count(h); i++) {
+        actl__pack_head_parse(p, ACTL_PACK_PREFIX_LEN + padded, total, path, &h) == ACTL_OK) {
+        size_t n = actl__pack_head_count(h);
+        actl_tensor **ahead = calloc(n ? n : 1, sizeof *ahead);
+        if (!ahead)
+            abort();
+        for (size_t i = 0; i < n; i++) {
             uint64_t off, len;
             actl__pack_head_frame(h, i, &off, &len);
             if (off > total || len > total - off)
                 abort(); /* the head was checked against the file's size */
-            actl_tensor *t = NULL;
-            if (actl__pack_head_decode(h, i, p + off, &t) == ACTL_OK)
-                actl_tensor_free(t);
+            if (actl__pack_head_decode(h, i, p + off, &ahead[i]) != ACTL_OK)
+                ahead[i] = NULL;
         }
+        actl_adapter *a = NULL;
+        size_t problems = 0;
+        if (actl__pack_verify_load_ahead(path, h, ahead, NULL, NULL, &problems, &a) == ACTL_OK)
+            actl_adapter_free(a);
+        for (size_t i = 0; i < n; i++)
+            actl_tensor_free(ahead[i]); /* taken entries are NULL */
+        free(ahead);
         actl__pack_head_free(h);
     }
-    load_file(fuzz_file("built.pack", p, total));
+    load_file(path);
     free(p);
 }
 

@@ -49,6 +49,7 @@ for k, kind in enumerate(KINDS):
 
 # -- models ----------------------------------------------------------------
 put("fuzz_model", b"\x01" + read(os.path.join(FIX, "base-tiny", "config.json")))
+put("fuzz_model", b"\x02" + read(os.path.join(FIX, "base-tiny-sharded", "model.safetensors.index.json")))
 rng = random.Random(8)
 
 
@@ -190,11 +191,14 @@ for s in ["lora", "lora@2", "lora@2:0.5", "a-b.c_d:-1e-3", "http://127.0.0.1:808
     put("fuzz_names", s.encode())
 
 # -- packs, frames and a published index, made by adapterctl ---------------------
-if os.access(BIN, os.X_OK):
+if not os.access(BIN, os.X_OK):
+    sys.exit("seeds.py: %s is not an executable adapterctl" % BIN)
+else:
     tmp = tempfile.mkdtemp()
     try:
         store = os.path.join(tmp, "store")
-        env = dict(os.environ, ADAPTERCTL_STORE=store)
+        # The instrumented build may report leaks at exit: not this script's concern.
+        env = dict(os.environ, ADAPTERCTL_STORE=store, ASAN_OPTIONS="detect_leaks=0")
         run = lambda *a: subprocess.run([BIN, "--store", store, *a], check=True,
                                         capture_output=True, env=env)
         run("init")
@@ -204,7 +208,7 @@ if os.access(BIN, os.X_OK):
         put("fuzz_index", b"\x00" + read(os.path.join(tmp, "pub", "index.json")))
         for p in sorted(glob.glob(os.path.join(store, "objects", "*", "*"))):
             pack = read(p)
-            if len(pack) > 65536:
+            if len(pack) >= 65536:  # the seed (with its mode byte) must fit -max_len
                 continue
             put("fuzz_pack", b"\x03" + pack)
             hlen = struct.unpack("<Q", pack[16:24])[0]
@@ -216,7 +220,7 @@ if os.access(BIN, os.X_OK):
                 put("fuzz_pack", b"\x00" + bytes([dt]) + struct.pack("<I", t["raw"]) +
                     pack[start:start + t["stored"]])
     except (subprocess.CalledProcessError, OSError, KeyError, ValueError) as e:
-        print("seeds.py: no packs or index from %s: %s" % (BIN, e), file=sys.stderr)
+        sys.exit("seeds.py: no packs or index from %s: %s" % (BIN, e))
     finally:
         shutil.rmtree(tmp)
 put("fuzz_pack", b"\x01\x02" + bytes(rng.randrange(256) for _ in range(512)))
