@@ -541,6 +541,27 @@ out:
     return rc;
 }
 
+/* After an add's rows failed (the catalogue full at the commit, say): removes
+ * the pack it put in objects/ if no row names it, so that a failed add leaves
+ * objects/ as it found it. Only when the gc lock converts to exclusive
+ * without waiting: then no other add is between placing the same pack and
+ * committing its row; otherwise the pack stays for gc. Either way the lock
+ * is no longer held (a failed conversion drops it). Quiet: the add's own
+ * error is the one to report. */
+static void drop_unnamed_pack(actl_store *s, int lock, const pack_ref *r)
+{
+    sqlite3_stmt *st = NULL;
+    char *path = NULL;
+    if (!r->known && lock >= 0 && flock(lock, LOCK_EX | LOCK_NB) == 0 &&
+        sqlite3_prepare_v2(s->db, "SELECT 1 FROM packs WHERE digest = ?", -1, &st, NULL) ==
+            SQLITE_OK &&
+        sqlite3_bind_text(st, 1, r->hex, -1, SQLITE_STATIC) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_DONE && (path = actl__pack_path(s->objects, r->hex)))
+        unlink(path);
+    sqlite3_finalize(st);
+    free(path);
+}
+
 /* The one path of actl_store_add and actl__store_add_pack: check, take the gc
  * lock, put the pack in objects/ (pack_place), then the rows. */
 static int add(actl_store *s, const actl_adapter *a, const actl_add_opts *o, const char *src_file,
@@ -558,7 +579,8 @@ static int add(actl_store *s, const actl_adapter *a, const actl_add_opts *o, con
     if ((rc = lock_take(s, LOCK_SH, &lock)) || (rc = pack_place(s, a, src_file, src_hex, &r)))
         goto out;
     test_pause("add");
-    rc = add_rows(s, &plan, o, r.hex, r.stored, r.raw, &r, 1, NULL, label, out);
+    if ((rc = add_rows(s, &plan, o, r.hex, r.stored, r.raw, &r, 1, NULL, label, out)))
+        drop_unnamed_pack(s, lock, &r);
 out:
     if (rc && rc != ACTL_EEXIST && lock >= 0)
         actl__err_wrap(rc, "cannot add '%s'", label[0] ? label : o->name);

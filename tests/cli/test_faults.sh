@@ -23,6 +23,21 @@
 #     stats and the files under objects/ but objects/tmp/; verify clean); no
 #     partial output at the chosen path (eval: only whole lines, which a rerun
 #     completes).
+#  3. Failing writes to the catalogue itself, from an LD_PRELOAD shim
+#     (tests/cli/lib/failwrite.c, built here with cc; ENOSPC once a given
+#     number of bytes went to files with a given suffix), during add, rm, tag
+#     (set and remove), gc (with garbage rows), pull (file:// and the
+#     published store) and compose. Writes to catalog.db-wal failing before
+#     the WAL's header, in its second frame and in the commit frame: exit 1,
+#     one line naming catalog.db and "database or disk is full", the store as
+#     before (list, stats, files under objects/, nothing in objects/tmp/ or
+#     partial/), verify clean, and the same command without the shim gives
+#     the store a reference run on a copy gave; a pull whose later
+#     fetch-cache commit fails still succeeds. Writes to catalog.db failing
+#     (it is written only when the WAL is copied back, after the commit): the
+#     command succeeds, its commit kept in the WAL and folded in by the next
+#     run. An add into a new store with catalog.db failing: a clear error,
+#     then the add succeeds without the shim.
 #
 # The kill moments come from bash's $RANDOM seeded with a fixed value, over
 # 0 to 1.2 times one unkilled run of the same command measured here, so the
@@ -691,6 +706,208 @@ msg=$(py evalcheck "$TMP/eval-full.jsonl" "$TMP/eval-ref.jsonl" 1)
 wf_done
 echo "write failures: $wfok/$nwf clean (exit 1, one clear line, store unchanged, no partial output)"
 [ "$wfok" -eq "$nwf" ] && pass "every write failure was clean"
+
+
+# ==== 3. failing catalogue writes (an LD_PRELOAD shim) ==========================
+
+# RLIMIT_FSIZE above never reaches SQLite's own writes (its 32 KiB -shm file
+# fails first, or the limit leaves room for the catalogue). The shim fails
+# the writes to chosen files only, with ENOSPC, after a given byte count.
+FW=$TMP/failwrite.so
+# shimmed SUFFIX BYTES STORE ARGS...: adapterctl ARGS on STORE, the files
+# ending in SUFFIX taking BYTES bytes, then ENOSPC. FAILWRITE_COUNT passes
+# through (set: the bytes asked for are written there at exit).
+shimmed() {
+    local suffix=$1 bytes=$2 store=$3
+    shift 3
+    LD_PRELOAD=$FW FAILWRITE_SUFFIX=$suffix FAILWRITE_BYTES=$bytes \
+        ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
+        "$BIN" --store "$store" "$@" >"$TMP/out" 2>"$TMP/err"
+}
+# catsnap STORE: list, stats (but its path and time), the files under
+# objects/ and any file in objects/tmp/ or partial/ (none is expected).
+catsnap() {
+    "$BIN" --store "$1" list --all-versions 2>&1
+    "$BIN" --store "$1" --json stats 2>&1 | grep -v '"seconds"\|"path"'
+    (cd "$1" && find objects partial -type f 2>/dev/null | sort)
+}
+# The commands, each run on the store the ones before it left. Every one
+# writes to the catalogue; gc has the packs of g (removed in the template)
+# and, from the rm before it, r1 to drop.
+CMDS=(
+    "add|-q add $AD/lora-dora --name n"
+    "rm|-q rm r1"
+    "tag (set)|-q tag l1 b=2"
+    "tag (remove)|-q tag l1 --unset a"
+    "gc|-q gc"
+    "pull file:// PEFT|-q pull file://$AD/bottleneck-series --name p"
+    "pull published ($how)|-q pull $URL/pub p2 --name q"
+    "compose|-q compose --method cat --out c l1 l1"
+)
+
+catalogue_faults() {
+    local T=$TMP/s-cat-tpl k name args before after ok bytes t0
+    t0=$(date +%s)
+    "$BIN" --store "$T" -q add "$AD/lora" --name l1 >/dev/null
+    "$BIN" --store "$T" -q add "$AD/road-1" --name r1 >/dev/null
+    "$BIN" --store "$T" -q add "$AD/mos" --name g >/dev/null
+    "$BIN" --store "$T" -q tag l1 a=1 >/dev/null
+    "$BIN" --store "$T" -q rm g >/dev/null
+
+    # The expectation: the commands on a copy, the shim counting but failing
+    # nothing: the state after each, and where in the WAL's bytes each
+    # command's first commit ends (its first sync past the WAL's header) and
+    # its writes end (pull commits twice: its adapter, then the fetch cache).
+    local -a EXPECT FIRST TOTAL
+    S=$TMP/s-cat-ref
+    cp -a "$T" "$S"
+    for k in "${!CMDS[@]}"; do
+        name=${CMDS[$k]%%|*} args=${CMDS[$k]#*|}
+        # shellcheck disable=SC2086 # args is a word list
+        FAILWRITE_COUNT=$TMP/walbytes shimmed catalog.db-wal 1000000000000 "$S" $args
+        rc=$?
+        err=$(cat "$TMP/err")
+        check_rc "catalogue: $name runs with the shim counting only" 0
+        EXPECT[k]=$(catsnap "$S")
+        TOTAL[k]=$(tail -n 1 "$TMP/walbytes" 2>/dev/null)
+        FIRST[k]=$(head -n -1 "$TMP/walbytes" 2>/dev/null | awk '$1 > 32 { print; exit }')
+        if [ -z "${FIRST[k]}" ] || [ "${FIRST[k]}" -le 4300 ]; then
+            fail "catalogue: $name commits more than a page to the WAL" "$(cat "$TMP/walbytes" 2>/dev/null)"
+        fi
+    done
+    check "catalogue: the reference gc drops the packs of g and r1" 2 \
+        "$(($(grep -c '^objects/' <<<"${EXPECT[3]}") - $(grep -c '^objects/' <<<"${EXPECT[4]}")))"
+
+    # a) Writes to catalog.db-wal fail: before its header (0), in the second
+    # frame (4200) and in the commit frame (50 bytes short of the commit's
+    # end). Each command: exit 1, one line naming the catalogue and the
+    # reason, the store as before, verify clean; then without the shim it
+    # succeeds, to the expected state. Last, a pull whose fetch-cache commit
+    # fails still succeeds (the cache is a hint), to the expected state.
+    local ncf=0 cfok=0 msg
+    for round in 0 1 2 3; do
+        S=$TMP/s-cat
+        rm -rf "$S"
+        cp -a "$T" "$S"
+        for k in "${!CMDS[@]}"; do
+            name=${CMDS[$k]%%|*} args=${CMDS[$k]#*|}
+            case $round in 0) bytes=0 ;; 1) bytes=4200 ;; 2) bytes=$((FIRST[k] - 50)) ;; 3) bytes=$((TOTAL[k] - 50)) ;; esac
+            if [ "$round" = 3 ] && [ "${TOTAL[k]}" = "${FIRST[k]}" ]; then
+                # One commit only: keeps the store in step with EXPECT.
+                # shellcheck disable=SC2086
+                run --store "$S" $args
+                check_rc "catalogue: $name without the shim" 0
+                continue
+            fi
+            name="$name, WAL failing after $bytes of ${TOTAL[k]} bytes"
+            ncf=$((ncf + 1)) ok=1
+            before=$(catsnap "$S")
+            # shellcheck disable=SC2086
+            shimmed catalog.db-wal "$bytes" "$S" $args
+            rc=$?
+            err=$(cat "$TMP/err") msg=$err
+            case "$err" in *Sanitizer*) ok=0; fail "$name: runs clean under the sanitizers" "${err:0:1500}" ;; esac
+            if [ "$round" = 3 ]; then
+                if [ "$rc" -ne 0 ] || [ -n "$err" ]; then
+                    ok=0
+                    fail "$name: the pull succeeds, quietly, when only its cache row fails" "exit $rc" "${err:0:400}"
+                fi
+                after=$(catsnap "$S")
+                [ "$after" == "${EXPECT[k]}" ] ||
+                    { ok=0; fail "$name: the store is the expected one" "$(diff <(echo "${EXPECT[k]}") <(echo "$after"))"; }
+                "$BIN" --store "$S" verify >/dev/null 2>"$TMP/verify.err" ||
+                    { ok=0; fail "$name: verify is clean after" "$(cat "$TMP/verify.err")"; }
+                [ "$ok" = 1 ] && cfok=$((cfok + 1))
+                echo "  $name: exit $rc"
+                continue
+            fi
+            [ "$rc" -eq 1 ] || { ok=0; fail "$name: exit 1" "exit $rc" "${err:0:400}"; }
+            case "$err" in
+            *Sanitizer*) ;;
+            "adapterctl: "*"'$S/catalog.db'"*": database or disk is full")
+                [ "$(wc -l <"$TMP/err")" -eq 1 ] || { ok=0; fail "$name: one line on stderr" "$err"; } ;;
+            *) ok=0; fail "$name: the message names the catalogue and says it is full" "$err" ;;
+            esac
+            after=$(catsnap "$S")
+            [ "$after" == "$before" ] || { ok=0; fail "$name: the store is as before" "$(diff <(echo "$before") <(echo "$after"))"; }
+            "$BIN" --store "$S" verify >/dev/null 2>"$TMP/verify.err" ||
+                { ok=0; fail "$name: verify is clean after" "$(cat "$TMP/verify.err")"; }
+            # shellcheck disable=SC2086
+            run --store "$S" $args
+            [ "$rc" -eq 0 ] || { ok=0; fail "$name: succeeds without the shim" "exit $rc" "${err:0:400}"; }
+            after=$(catsnap "$S")
+            [ "$after" == "${EXPECT[k]}" ] ||
+                { ok=0; fail "$name: without the shim it gives the expected store" "$(diff <(echo "${EXPECT[k]}") <(echo "$after"))"; }
+            [ "$ok" = 1 ] && cfok=$((cfok + 1))
+            [ "$round" = 2 ] && echo "  $name: ${msg:0:200}"
+        done
+    done
+    echo "catalogue WAL write failures: $cfok/$ncf clean (exit 1, one clear line, store unchanged, verify clean, rerun succeeds; a failed cache row leaves the pull a success)"
+    [ "$cfok" -eq "$ncf" ] && pass "every failing write to the catalogue's WAL was clean"
+
+    # b) Writes to catalog.db fail. In WAL mode it is written only when the
+    # WAL is copied back (at the last close), after the commit: the command
+    # succeeds, its change safe in the WAL, and the next open folds it in.
+    # Nothing is lost whether the copy fails at once or part way.
+    ncf=0 cfok=0
+    for bytes in 0 4200; do
+        S=$TMP/s-cat
+        rm -rf "$S"
+        cp -a "$T" "$S"
+        for k in "${!CMDS[@]}"; do
+            name="${CMDS[$k]%%|*}, catalog.db failing after $bytes bytes" args=${CMDS[$k]#*|}
+            ncf=$((ncf + 1)) ok=1
+            # shellcheck disable=SC2086
+            shimmed catalog.db "$bytes" "$S" $args
+            rc=$?
+            err=$(cat "$TMP/err")
+            [ "$rc" -eq 0 ] || { ok=0; fail "$name: exits 0 (the commit is in the WAL)" "exit $rc" "${err:0:400}"; }
+            case "$err" in *Sanitizer*) ok=0; fail "$name: runs clean under the sanitizers" "${err:0:1500}" ;; esac
+            [ -s "$S/catalog.db-wal" ] || { ok=0; fail "$name: the WAL the failed copy left holds the commit"; }
+            after=$(catsnap "$S")
+            [ "$after" == "${EXPECT[k]}" ] ||
+                { ok=0; fail "$name: the store is the expected one" "$(diff <(echo "${EXPECT[k]}") <(echo "$after"))"; }
+            "$BIN" --store "$S" verify >/dev/null 2>"$TMP/verify.err" ||
+                { ok=0; fail "$name: verify is clean after" "$(cat "$TMP/verify.err")"; }
+            [ -e "$S/catalog.db-wal" ] && { ok=0; fail "$name: the next open folds the WAL into catalog.db"; }
+            [ "$ok" = 1 ] && cfok=$((cfok + 1))
+        done
+    done
+    echo "catalog.db write failures: $cfok/$ncf clean (the command's commit kept, folded in by the next run)"
+    [ "$cfok" -eq "$ncf" ] && pass "every failing write to catalog.db lost nothing"
+
+    # c) A new store: catalog.db is written directly before the switch to WAL.
+    for bytes in 0 4200; do
+        S=$TMP/s-cat-new$bytes
+        name="add into a new store, catalog.db failing after $bytes bytes"
+        shimmed catalog.db "$bytes" "$S" -q add "$AD/lora" --name l1
+        rc=$?
+        err=$(cat "$TMP/err")
+        echo "  $name: exit $rc${err:+, ${err:0:200}}"
+        if [ "$rc" -eq 0 ]; then
+            # It got as far as WAL mode: the add is committed there.
+            check "$name: exit 0 only with l1 listed" "l1@1" "$(names "$S")"
+        else
+            check_rc "$name: exit 1" 1
+            case "$err" in
+            "adapterctl: "*"'$S/catalog.db'"*": database or disk is full")
+                check "$name: one line on stderr" 1 "$(wc -l <"$TMP/err")" ;;
+            *) fail "$name: the message names the catalogue and says it is full" "$err" ;;
+            esac
+            run --store "$S" -q add "$AD/lora" --name l1
+            check_rc "$name: the add without the shim then succeeds" 0
+        fi
+        run --store "$S" verify
+        check_rc "$name: verify is clean after" 0
+    done
+    echo "failing catalogue writes: $(($(date +%s) - t0)) s"
+}
+
+if cc -shared -fPIC -O2 -o "$FW" tests/cli/lib/failwrite.c -ldl 2>"$TMP/cc.err"; then
+    catalogue_faults
+else
+    echo "SKIP: failing catalogue writes: the shim does not build: $(head -c 300 "$TMP/cc.err")"
+fi
 
 echo "test_faults.sh: $npass passed, $nfail failed in $(($(date +%s) - start_s)) s"
 [ "$nfail" -eq 0 ]
