@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # run.sh HARNESS...: runs each libFuzzer harness (a path under BUILD/fuzz/)
 # for $FUZZ_SECONDS seconds, or $FUZZ_RUNS executions when that is set,
-# $FUZZ_JOBS harnesses at a time. Each keeps its corpus in BUILD/corpus/NAME,
-# started from the seeds tests/fuzz/seeds.py writes, and its crashes in
-# BUILD/crashes/NAME. A single allocation above 1 GiB or RSS above 2 GiB is
+# $FUZZ_JOBS harnesses at a time, on inputs of at most $FUZZ_MAX_LEN bytes
+# (default 64 KiB; smaller inputs run faster). Each keeps its corpus in
+# BUILD/corpus/NAME, started from the seeds tests/fuzz/seeds.py writes, and
+# its crashes in BUILD/crashes/NAME. A single allocation above 1 GiB or RSS above 2 GiB is
 # a finding (a hostile size got through), as is an input taking over 25 s.
 # Prints one line per harness (executions, rate, corpus, result) and exits
 # non-zero when any harness crashed. Run from the repository root.
@@ -13,6 +14,7 @@ BUILD=$(dirname "$(dirname "$1")")
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 RUNS=${FUZZ_RUNS:-}
 JOBS=${FUZZ_JOBS:-1}
+MAX_LEN=${FUZZ_MAX_LEN:-65536}
 mkdir -p "$BUILD/logs"
 # No allocation stacks: recording one per malloc halves the rate. A finding
 # is replayed (BUILD/replay/NAME FILE, or the harness given the file) for
@@ -27,7 +29,7 @@ one() {
     corpus=$BUILD/corpus/$name crashes=$BUILD/crashes/$name log=$BUILD/logs/$name.log
     mkdir -p "$corpus" "$crashes"
     if [ -n "$RUNS" ]; then limit="-runs=$RUNS"; else limit="-max_total_time=$SECONDS_EACH"; fi
-    "$h" "$limit" -timeout=25 -rss_limit_mb=2048 -malloc_limit_mb=1024 -max_len=65536 \
+    "$h" "$limit" -timeout=25 -rss_limit_mb=2048 -malloc_limit_mb=1024 -max_len=$MAX_LEN \
         -print_final_stats=1 -artifact_prefix="$crashes/" "$corpus" "$BUILD/seeds/$name" \
         >"$log" 2>&1
     rc=$?
@@ -41,5 +43,5 @@ one() {
     [ $rc -eq 0 ]
 }
 export -f one
-export BUILD SECONDS_EACH RUNS
+export BUILD SECONDS_EACH RUNS MAX_LEN
 printf '%s\n' "$@" | xargs -P "$JOBS" -I{} bash -c 'one "$1"' _ {}
