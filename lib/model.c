@@ -629,12 +629,24 @@ static int load_hf(const char *dir, const char *weights, int flags, actl_model *
     m->info.source = "hf";
     m->model_type = type;
     m->info.widened = (flags & ACTL_MODEL_WIDEN) != 0;
+    if ((rc = actl_ckpt_open(weights, &p->ck)))
+        goto out;
+    /* The layer count comes from config.json: one the weights do not back is
+     * refused before memory is sized by it. */
+    char last[64];
+    snprintf(last, sizeof last, "model.layers.%lld.input_layernorm.weight",
+             (long long)m->info.layers - 1);
+    if (m->info.layers > 0 && !actl_ckpt_find(p->ck, last)) {
+        rc = actl__err(ACTL_ENOTFOUND,
+                       "'%s': config.json gives %lld layers, but tensor '%s' is not in the "
+                       "checkpoint",
+                       weights, (long long)m->info.layers, last);
+        goto out;
+    }
     if (!(m->layers = calloc((size_t)m->info.layers, sizeof *m->layers))) {
         rc = actl__oom();
         goto out;
     }
-    if ((rc = actl_ckpt_open(weights, &p->ck)))
-        goto out;
     hf_loader L = {m, p, weights, m->info.widened};
     rc = hf_weights(&L);
 out:

@@ -531,6 +531,22 @@ static void test_model__refuses_missing_tensor_naming_it(void **state)
     assert_null(m);
 }
 
+/* A config.json claiming far more layers than its weights hold is refused
+ * by the last layer's absence, before memory is sized by the claim. */
+static void test_model__refuses_layer_count_the_weights_do_not_back(void **state)
+{
+    (void)state;
+    actl_model *m = NULL;
+    gen_opts o = {.cfg = "{\"model_type\": \"llama\", \"hidden_size\": 8, "
+                         "\"intermediate_size\": 12, \"num_hidden_layers\": 65536, "
+                         "\"num_attention_heads\": 2, \"vocab_size\": 10}",
+                  .dt = ACTL_F32};
+    assert_err(gen_load(&o, 0, &m), ACTL_ENOTFOUND,
+               "gives 65536 layers, but tensor 'model.layers.65535.input_layernorm.weight' is "
+               "not in the checkpoint");
+    assert_null(m);
+}
+
 static void test_model__refuses_wrong_shape_naming_tensor_and_shapes(void **state)
 {
     (void)state;
@@ -1029,6 +1045,7 @@ int main(void)
         cmocka_unit_test(test_model__tied_and_untied_heads),
         cmocka_unit_test(test_model__f16_weights_kept_norms_widened),
         cmocka_unit_test(test_model__refuses_missing_tensor_naming_it),
+        cmocka_unit_test(test_model__refuses_layer_count_the_weights_do_not_back),
         cmocka_unit_test(test_model__refuses_wrong_shape_naming_tensor_and_shapes),
         cmocka_unit_test(test_model__refuses_integer_weights),
         cmocka_unit_test(test_model__refuses_unsupported_architectures),
