@@ -67,19 +67,13 @@ PYSCRIPT=$TMP/cc.py
 . tests/cli/lib/common.sh
 
 cat >"$PYSCRIPT" <<'PYEOF'
-import json, os, re, sys
+import json, os, sys
+
+sys.path.insert(0, os.environ["ACTL_CLI_LIB"])
+from adapter_files import objects_census, variant
 
 def cmd_variant(src, dest, ident):
-    """A copy of the adapter at src whose config carries x_conc=ident (so its
-    pack is its own); the tensors file is a hard link."""
-    os.makedirs(dest)
-    os.link(os.path.join(src, "adapter_model.safetensors"),
-            os.path.join(dest, "adapter_model.safetensors"))
-    with open(os.path.join(src, "adapter_config.json")) as f:
-        cfg = json.load(f)
-    cfg["x_conc"] = ident
-    with open(os.path.join(dest, "adapter_config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
+    variant(src, dest, "x_conc", ident, indent=2)
 
 def replay(logs):
     """The rows the workers' logs add up to: (name, version) -> facts."""
@@ -131,19 +125,7 @@ def cmd_compare(listdoc, plan, *logs):
             f.write("%s@%d\t%s\n" % (*k, want[k]["dir"]))
 
 def cmd_objects(store, listdoc):
-    """Files under objects/: packs a row references, packs none references,
-    anything else; and the number of packs referenced."""
-    with open(listdoc) as f:
-        refs = {e["pack"] for e in json.load(f)}
-    ref = orphan = other = 0
-    for root, _, files in os.walk(os.path.join(store, "objects")):
-        for f in files:
-            if re.fullmatch(r"[0-9a-f]{64}", f) and os.path.basename(root) == f[:2]:
-                if f in refs: ref += 1
-                else: orphan += 1
-            else:
-                other += 1
-    print(ref, orphan, other, len(refs))
+    print(*objects_census(store, listdoc))
 
 globals()["cmd_" + sys.argv[1]](*sys.argv[2:])
 PYEOF

@@ -77,57 +77,20 @@ PYSCRIPT=$TMP/f.py
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 cat >"$PYSCRIPT" <<'PYEOF'
-import hashlib, json, os, random, struct, sys
+import hashlib, json, os, sys
 
 sys.path.insert(0, os.environ["ACTL_CLI_LIB"])
 from st_reader import tensors as safetensors
-
-def write_safetensors(path, tensors):
-    hdr, off = {"__metadata__": {"format": "pt"}}, 0
-    for name, (dt, shape, raw) in tensors:
-        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(raw)]}
-        off += len(raw)
-    h = json.dumps(hdr, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h)
-        for _, (_, _, raw) in tensors:
-            f.write(raw)
-
-def bf16(rng, n):
-    """n finite BF16 values: random sign and mantissa, exponents just below 1."""
-    raw = bytearray(rng.randbytes(2 * n))
-    table = bytes((b & 0x80) | 0x3C | (b & 0x03) for b in range(256))
-    raw[1::2] = bytes(raw[1::2]).translate(table)
-    return bytes(raw)
+from adapter_files import big_lora, variant
 
 def cmd_big(out, layers, rank, width, seed):
-    """A LoRA adapter on q/v of about layers * 4 * rank * width * 2 bytes."""
-    layers, rank, width = int(layers), int(rank), int(width)
-    rng = random.Random(int(seed))
-    tensors = []
-    for i in range(layers):
-        for m in ("q_proj", "v_proj"):
-            k = "base_model.model.model.layers.%d.self_attn.%s" % (i, m)
-            tensors.append((k + ".lora_A.weight", ("BF16", [rank, width], bf16(rng, rank * width))))
-            tensors.append((k + ".lora_B.weight", ("BF16", [width, rank], bf16(rng, rank * width))))
-    os.makedirs(out, exist_ok=True)
-    write_safetensors(os.path.join(out, "adapter_model.safetensors"), tensors)
-    cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank,
-           "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": "faults/base"}
-    with open(os.path.join(out, "adapter_config.json"), "w") as f:
-        json.dump(cfg, f)
+    big_lora(out, int(layers), int(rank), int(width), int(seed), "faults/base")
 
 def cmd_variants(src, dest, count, prefix):
-    """count copies of src, each with its own config (so its own pack); the
-    tensors file is a hard link."""
-    cfg = json.load(open(os.path.join(src, "adapter_config.json")))
+    """count copies of src, each with its own config (so its own pack)."""
     for i in range(int(count)):
-        d = os.path.join(dest, "%s%d" % (prefix, i))
-        os.makedirs(d)
-        os.link(os.path.join(src, "adapter_model.safetensors"), os.path.join(d, "adapter_model.safetensors"))
-        with open(os.path.join(d, "adapter_config.json"), "w") as f:
-            json.dump(dict(cfg, x_fault_copy="%s%d" % (prefix, i)), f)
+        name = "%s%d" % (prefix, i)
+        variant(src, os.path.join(dest, name), "x_fault_copy", name)
 
 def cmd_same(src, exported):
     """The exported directory holds exactly src's tensors."""

@@ -51,59 +51,21 @@ PYSCRIPT=$TMP/st.py
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 cat >"$TMP/st.py" <<'PYEOF'
-import json, os, random, re, struct, sys
+import json, os, sys
 
 sys.path.insert(0, os.environ["ACTL_CLI_LIB"])
 from st_reader import tensors as safetensors
-
-def write_safetensors(path, tensors):
-    hdr, off = {"__metadata__": {"format": "pt"}}, 0
-    for name, (dt, shape, raw) in tensors:
-        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(raw)]}
-        off += len(raw)
-    h = json.dumps(hdr, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h)
-        for _, (_, _, raw) in tensors:
-            f.write(raw)
-
-def bf16(rng, n):
-    """n BF16 values shaped like trained weights: random sign and mantissa, the
-    exponent within a few binades below 1 (so the codec has something to do)."""
-    raw = bytearray(rng.randbytes(2 * n))
-    table = bytes((b & 0x80) | 0x3C | (b & 0x03) for b in range(256))
-    raw[1::2] = bytes(raw[1::2]).translate(table)
-    return bytes(raw)
+from adapter_files import big_lora, objects_census, variant
 
 def cmd_big(out, layers, rank, width):
-    """A LoRA adapter of about layers * 4 * rank * width * 2 bytes."""
-    layers, rank, width = int(layers), int(rank), int(width)
-    rng = random.Random(1234)
-    tensors = []
-    for i in range(layers):
-        for m in ("q_proj", "v_proj"):
-            k = "base_model.model.model.layers.%d.self_attn.%s" % (i, m)
-            tensors.append((k + ".lora_A.weight", ("BF16", [rank, width], bf16(rng, rank * width))))
-            tensors.append((k + ".lora_B.weight", ("BF16", [width, rank], bf16(rng, rank * width))))
-    os.makedirs(out, exist_ok=True)
-    write_safetensors(os.path.join(out, "adapter_model.safetensors"), tensors)
-    cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": ["q_proj", "v_proj"],
-           "base_model_name_or_path": "stress/base"}
-    with open(os.path.join(out, "adapter_config.json"), "w") as f:
-        json.dump(cfg, f)
+    big_lora(out, int(layers), int(rank), int(width), 1234, "stress/base")
 
 def cmd_variants(src, dest, count, prefix):
     """count copies of the adapter at src, each with a distinct config (an extra
-    key), so that each has its own pack; the tensors are hard links."""
-    cfg = json.load(open(os.path.join(src, "adapter_config.json")))
+    key), so that each has its own pack."""
     for i in range(int(count)):
-        d = os.path.join(dest, "%s%d" % (prefix, i))
-        os.makedirs(d)
-        os.link(os.path.join(src, "adapter_model.safetensors"), os.path.join(d, "adapter_model.safetensors"))
-        c = dict(cfg, x_stress_copy="%s%d" % (prefix, i))
-        with open(os.path.join(d, "adapter_config.json"), "w") as f:
-            json.dump(c, f)
+        name = "%s%d" % (prefix, i)
+        variant(src, os.path.join(dest, name), "x_stress_copy", name)
 
 def cmd_names(doc):
     for e in json.load(open(doc)):
@@ -128,18 +90,7 @@ def cmd_same(src, *exported):
             print(d, "tensors differ from the source")
 
 def cmd_objects(store, listdoc):
-    """Files under objects/: packs referenced by a row, packs no row references,
-    and anything else (temporary files)."""
-    refs = {e["pack"] for e in json.load(open(listdoc))}
-    ref = orphan = other = 0
-    for root, _, files in os.walk(os.path.join(store, "objects")):
-        for f in files:
-            if re.fullmatch(r"[0-9a-f]{64}", f) and os.path.basename(root) == f[:2]:
-                if f in refs: ref += 1
-                else: orphan += 1
-            else:
-                other += 1
-    print(ref, orphan, other, len(refs))
+    print(*objects_census(store, listdoc))
 
 globals()["cmd_" + sys.argv[1]](*sys.argv[2:])
 PYEOF

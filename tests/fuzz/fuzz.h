@@ -79,6 +79,22 @@ static inline const char *fuzz_fixtures(void)
     return f && *f ? f : "fixtures";
 }
 
+/* The tiny fixture base (fixtures/base-tiny) adapters are validated
+ * against, loaded once. */
+static inline const actl_base *fuzz_base(void)
+{
+    static actl_base *base;
+    char path[512];
+    if (!base) {
+        snprintf(path, sizeof path, "%s/base-tiny", fuzz_fixtures());
+        if (actl_base_load(path, &base) != ACTL_OK) {
+            fprintf(stderr, "fuzz: %s\n", actl_errmsg());
+            abort();
+        }
+    }
+    return base;
+}
+
 /* Uses a tokenizer as generate and eval do: texts encoded with and without
  * special tokens, ids decoded back, every piece looked up, continuations.
  * A tokenizer that loaded must encode valid UTF-8 and give ids in range. */

@@ -17,7 +17,6 @@ static struct {
     const actl_tensor **tensors;
     size_t n;
 } sets[N_KINDS];
-static actl_base *base;
 
 static void setup(void)
 {
@@ -40,11 +39,6 @@ static void setup(void)
         for (size_t i = 0; i < sets[k].n; i++)
             sets[k].tensors[i] = actl_st_tensor(sets[k].st, i);
     }
-    snprintf(path, sizeof path, "%s/base-tiny", fuzz_fixtures());
-    if (actl_base_load(path, &base) != ACTL_OK) {
-        fprintf(stderr, "fuzz_adapter_config: %s\n", actl_errmsg());
-        abort();
-    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -65,7 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         if (!actl_adapter_config(a))
             abort();
-        actl_adapter_validate(a, base);
+        actl_adapter_validate(a, fuzz_base());
         if (actl_adapter_materialize(a, &m) == ACTL_OK)
             actl_adapter_free(m);
         actl_adapter_free(a);

@@ -9,7 +9,6 @@
 static const char *const kinds[] = {"lora", "lora-dora", "road-1", "bottleneck-series", "mos"};
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 static char *configs[N_KINDS];
-static actl_base *base;
 
 static void setup(void)
 {
@@ -26,11 +25,6 @@ static void setup(void)
             fprintf(stderr, "fuzz_safetensors: %s\n", actl_errmsg());
             abort();
         }
-    }
-    snprintf(path, sizeof path, "%s/base-tiny", fuzz_fixtures());
-    if (actl_base_load(path, &base) != ACTL_OK) {
-        fprintf(stderr, "fuzz_safetensors: %s\n", actl_errmsg());
-        abort();
     }
 }
 
@@ -68,7 +62,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         actl_adapter *a = NULL, *m = NULL;
         if (actl_adapter_new(configs[k], all, n, path, &a) != ACTL_OK)
             continue;
-        actl_adapter_validate(a, base);
+        actl_adapter_validate(a, fuzz_base());
         if (actl_adapter_materialize(a, &m) == ACTL_OK)
             actl_adapter_free(m);
         actl_adapter_free(a);
