@@ -273,12 +273,11 @@ PYEOF
 "$PY" "$TMP/gen_big.py" "$TMP/big" "$TMP/big-lora"
 for sig in TERM INT HUP; do
     out_dir=$TMP/int-$sig
-    # job control on: a background job of a script would otherwise ignore SIGINT
-    set -m
-    "$BIN" merge --threads 1 --base "$TMP/big" --out "$out_dir" "$TMP/big-lora" \
-        >"$TMP/int.out" 2>"$TMP/int.err" &
+    # the signal's default action, whatever this script inherited: a background
+    # job of a script ignores SIGINT, and one run under nohup ignores SIGHUP
+    env --default-signal="$sig" "$BIN" merge --threads 1 --base "$TMP/big" --out "$out_dir" \
+        "$TMP/big-lora" >"$TMP/int.out" 2>"$TMP/int.err" &
     pid=$!
-    set +m
     for _ in $(seq 1 2000); do
         compgen -G "$TMP/.int-$sig.tmp-*" >/dev/null && break
         kill -0 "$pid" 2>/dev/null || break
