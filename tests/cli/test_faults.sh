@@ -81,16 +81,13 @@ import hashlib, json, os, sys
 
 sys.path.insert(0, os.environ["ACTL_CLI_LIB"])
 from st_reader import tensors as safetensors
-from adapter_files import big_lora, variant
+from adapter_files import big_lora, variants
 
 def cmd_big(out, layers, rank, width, seed):
     big_lora(out, int(layers), int(rank), int(width), int(seed), "faults/base")
 
 def cmd_variants(src, dest, count, prefix):
-    """count copies of src, each with its own config (so its own pack)."""
-    for i in range(int(count)):
-        name = "%s%d" % (prefix, i)
-        variant(src, os.path.join(dest, name), "x_fault_copy", name)
+    variants(src, dest, int(count), prefix, "x_fault_copy")
 
 def cmd_same(src, exported):
     """The exported directory holds exactly src's tensors."""
@@ -694,6 +691,15 @@ catsnap() {
     "$BIN" --store "$1" --json stats 2>&1 | grep -v '"seconds"\|"path"'
     (cd "$1" && find objects partial -type f 2>/dev/null | sort)
 }
+# state_is NAME STORE WANT WHAT: STORE's catsnap is WANT (else the failure
+# "NAME: WHAT") and verify is clean; either failing clears ok.
+state_is() {
+    local after
+    after=$(catsnap "$2")
+    [ "$after" == "$3" ] || { ok=0; fail "$1: $4" "$(diff <(echo "$3") <(echo "$after"))"; }
+    "$BIN" --store "$2" verify >/dev/null 2>"$TMP/verify.err" ||
+        { ok=0; fail "$1: verify is clean after" "$(cat "$TMP/verify.err")"; }
+}
 # The commands, each run on the store the ones before it left. Every one
 # writes to the catalogue; gc has the packs of g (removed in the template)
 # and, from the rm before it, r1 to drop.
@@ -775,11 +781,7 @@ catalogue_faults() {
                     ok=0
                     fail "$name: the pull succeeds, quietly, when only its cache row fails" "exit $rc" "${err:0:400}"
                 fi
-                after=$(catsnap "$S")
-                [ "$after" == "${EXPECT[k]}" ] ||
-                    { ok=0; fail "$name: the store is the expected one" "$(diff <(echo "${EXPECT[k]}") <(echo "$after"))"; }
-                "$BIN" --store "$S" verify >/dev/null 2>"$TMP/verify.err" ||
-                    { ok=0; fail "$name: verify is clean after" "$(cat "$TMP/verify.err")"; }
+                state_is "$name" "$S" "${EXPECT[k]}" "the store is the expected one"
                 [ "$ok" = 1 ] && cfok=$((cfok + 1))
                 echo "  $name: exit $rc"
                 continue
@@ -791,10 +793,7 @@ catalogue_faults() {
                 [ "$(wc -l <"$TMP/err")" -eq 1 ] || { ok=0; fail "$name: one line on stderr" "$err"; } ;;
             *) ok=0; fail "$name: the message names the catalogue and says it is full" "$err" ;;
             esac
-            after=$(catsnap "$S")
-            [ "$after" == "$before" ] || { ok=0; fail "$name: the store is as before" "$(diff <(echo "$before") <(echo "$after"))"; }
-            "$BIN" --store "$S" verify >/dev/null 2>"$TMP/verify.err" ||
-                { ok=0; fail "$name: verify is clean after" "$(cat "$TMP/verify.err")"; }
+            state_is "$name" "$S" "$before" "the store is as before"
             # shellcheck disable=SC2086
             run --store "$S" $args
             [ "$rc" -eq 0 ] || { ok=0; fail "$name: succeeds without the shim" "exit $rc" "${err:0:400}"; }
@@ -827,11 +826,7 @@ catalogue_faults() {
             [ "$rc" -eq 0 ] || { ok=0; fail "$name: exits 0 (the commit is in the WAL)" "exit $rc" "${err:0:400}"; }
             case "$err" in *Sanitizer*) ok=0; fail "$name: runs clean under the sanitizers" "${err:0:1500}" ;; esac
             [ -s "$S/catalog.db-wal" ] || { ok=0; fail "$name: the WAL the failed copy left holds the commit"; }
-            after=$(catsnap "$S")
-            [ "$after" == "${EXPECT[k]}" ] ||
-                { ok=0; fail "$name: the store is the expected one" "$(diff <(echo "${EXPECT[k]}") <(echo "$after"))"; }
-            "$BIN" --store "$S" verify >/dev/null 2>"$TMP/verify.err" ||
-                { ok=0; fail "$name: verify is clean after" "$(cat "$TMP/verify.err")"; }
+            state_is "$name" "$S" "${EXPECT[k]}" "the store is the expected one"
             [ -e "$S/catalog.db-wal" ] && { ok=0; fail "$name: the next open folds the WAL into catalog.db"; }
             [ "$ok" = 1 ] && cfok=$((cfok + 1))
         done

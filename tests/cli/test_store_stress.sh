@@ -55,17 +55,13 @@ import json, os, sys
 
 sys.path.insert(0, os.environ["ACTL_CLI_LIB"])
 from st_reader import tensors as safetensors
-from adapter_files import big_lora, objects_census, variant
+from adapter_files import big_lora, objects_census, variants
 
 def cmd_big(out, layers, rank, width):
     big_lora(out, int(layers), int(rank), int(width), 1234, "stress/base")
 
 def cmd_variants(src, dest, count, prefix):
-    """count copies of the adapter at src, each with a distinct config (an extra
-    key), so that each has its own pack."""
-    for i in range(int(count)):
-        name = "%s%d" % (prefix, i)
-        variant(src, os.path.join(dest, name), "x_stress_copy", name)
+    variants(src, dest, int(count), prefix, "x_stress_copy")
 
 def cmd_names(doc):
     for e in json.load(open(doc)):

@@ -60,6 +60,14 @@ def variant(src, dest, key, value, indent=None):
         json.dump(cfg, f, indent=indent)
 
 
+def variants(src, dest, count, prefix, key):
+    """count variants of src, dest/PREFIX0 to dest/PREFIX(count-1), each with
+    key set to its own name."""
+    for i in range(count):
+        name = "%s%d" % (prefix, i)
+        variant(src, os.path.join(dest, name), key, name)
+
+
 def objects_census(store, listdoc):
     """Files under the store's objects/: packs a row of `list --json` output
     (the file listdoc) references, packs none references, anything else

@@ -159,31 +159,33 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off64_t off)
     return n < 0 ? (n == -2 ? (ssize_t)count : -1) : real_pwrite64(fd, buf, (size_t)n, off);
 }
 
-/* The vector calls are not cut short: one that crosses the limit fails. */
-ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
+/* The vector calls are not cut short: one that crosses the limit fails.
+ * For a call of t bytes to fd: 1, make the real call; 0, claim success
+ * without writing (FAILWRITE_SILENT); -1, fail with ENOSPC. */
+static int gate_whole(int fd, size_t t)
 {
-    size_t t = iov_total(iov, iovcnt);
     ssize_t n = gate(fd, t);
     if (n == -2)
-        return (ssize_t)t;
+        return 0;
     if (n != (ssize_t)t) {
         errno = ENOSPC;
         return -1;
     }
-    return real_writev(fd, iov, iovcnt);
+    return 1;
+}
+
+ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
+{
+    size_t t = iov_total(iov, iovcnt);
+    int g = gate_whole(fd, t);
+    return g <= 0 ? (g == 0 ? (ssize_t)t : -1) : real_writev(fd, iov, iovcnt);
 }
 
 ssize_t pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off)
 {
     size_t t = iov_total(iov, iovcnt);
-    ssize_t n = gate(fd, t);
-    if (n == -2)
-        return (ssize_t)t;
-    if (n != (ssize_t)t) {
-        errno = ENOSPC;
-        return -1;
-    }
-    return real_pwritev(fd, iov, iovcnt, off);
+    int g = gate_whole(fd, t);
+    return g <= 0 ? (g == 0 ? (ssize_t)t : -1) : real_pwritev(fd, iov, iovcnt, off);
 }
 
 static void note_sync(int fd)
